@@ -1,0 +1,17 @@
+"""dcnv2-mx: Deformable ConvNets v2 operators for Apache MXNet 1.9.
+
+Importing the package loads the compiled operators into MXNet and installs keyword APIs:
+
+* ``mx.sym.contrib.DeformableConvolutionV2`` / ``mx.nd.contrib.DeformableConvolutionV2``
+  (modulated deformable convolution, DCNv2) and ``...DeformableConvolutionV1`` (offsets only).
+"""
+from . import library as _library
+
+__version__ = "0.1.0"
+
+_library.load()
+
+from . import ops  # noqa: E402  (needs the loaded library)
+from .ops import DeformableConvolutionV1, DeformableConvolutionV2  # noqa: E402,F401
+
+ops.install()

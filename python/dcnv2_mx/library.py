@@ -1,0 +1,86 @@
+"""Loading the compiled operator library into the running MXNet, exactly once."""
+import ctypes
+import glob
+import os
+import threading
+
+import mxnet as mx
+
+__all__ = ["load", "loaded_path", "library_candidates", "LibraryError"]
+
+#: Environment variable that points at a library file to load instead of the installed one.
+ENV_LIBRARY = "DCNV2_MX_LIBRARY"
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_lock = threading.Lock()
+_loaded_path = None
+
+
+class LibraryError(RuntimeError):
+    """The operator library is missing, or was built for another MXNet."""
+
+
+def _mxnet_has_cuda():
+    return mx.runtime.Features().is_enabled("CUDA")
+
+
+def library_candidates():
+    """Library file patterns this MXNet can use, best first: CUDA build (if MXNet has CUDA), CPU build."""
+    names = (["libdcnv2_mx_cuda"] if _mxnet_has_cuda() else []) + ["libdcnv2_mx"]
+    return [os.path.join(_PACKAGE_DIR, n + ".*so") for n in names]
+
+
+def _open_checked(path):
+    """Opens the library with ctypes and refuses one built against another MXNet version."""
+    try:
+        # The BLAS that the library links; found through its RPATH when installed, and through
+        # this preload in any other layout (editable installs, build trees).
+        import scipy_openblas32
+        blas = glob.glob(os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas*.so*"))
+        if blas:
+            ctypes.CDLL(blas[0], mode=ctypes.RTLD_GLOBAL)
+        lib = ctypes.CDLL(path)
+    except OSError as err:
+        raise LibraryError(f"cannot open the dcnv2_mx library {path}: {err}") from err
+    built_for = lib.dcnv2_mx_built_for_mxnet
+    built_for.restype = ctypes.c_char_p
+    version = built_for().decode()
+    if version != mx.__version__:
+        raise LibraryError(
+            f"{path} was built for MXNet {version} but MXNet {mx.__version__} is installed; "
+            "rebuild it against this MXNet (pip install --force-reinstall --no-deps .)")
+
+
+def load():
+    """Loads the operator library into MXNet once per process (thread-safe, idempotent).
+
+    Returns the path of the loaded library. Raises :class:`LibraryError` naming the path when
+    the library is missing or was built for another MXNet.
+    """
+    global _loaded_path
+    with _lock:
+        if _loaded_path is not None:
+            return _loaded_path
+        override = os.environ.get(ENV_LIBRARY)
+        if override:
+            path = os.path.abspath(override)
+            if not os.path.exists(path):
+                raise LibraryError(f"{ENV_LIBRARY}={override}: no such file {path}")
+        else:
+            found = [p for pattern in library_candidates() for p in sorted(glob.glob(pattern))]
+            if not found:
+                raise LibraryError(
+                    "dcnv2_mx operator library not found; looked for "
+                    + ", ".join(library_candidates())
+                    + ". Install the package with `pip install .` from the source tree "
+                    f"(or set {ENV_LIBRARY} to a built libdcnv2_mx.so)")
+            path = found[0]
+        _open_checked(path)
+        mx.library.load(path, False)
+        _loaded_path = path
+        return path
+
+
+def loaded_path():
+    """Path of the loaded library, or None before :func:`load`."""
+    return _loaded_path

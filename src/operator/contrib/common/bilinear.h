@@ -1,0 +1,100 @@
+/*!
+ * \file bilinear.h
+ * \brief Per-element math of DCNv2 sampling, written once for the CPU loops and the CUDA kernels.
+ *
+ * Border rule of the original DCNv2 release: a sample at (py, px) is used iff
+ * -1 < py < H and -1 < px < W; its four bilinear corners are read from the map, and any corner
+ * outside [0, H-1] x [0, W-1] reads as zero ("padding by one row/column of zeros"). The same
+ * rule gives the gradients, so they are non-zero in the (-1, 0) and (H-1, H) bands.
+ */
+#ifndef DCNV2_MX_COMMON_BILINEAR_H_
+#define DCNV2_MX_COMMON_BILINEAR_H_
+
+#include "host_device.h"
+
+namespace dcnv2_mx {
+
+/*!
+ * \brief The four corners of one bilinear sample, ready to be gathered from any channel plane.
+ *
+ * Corner i is (y0 + i/2, x0 + i%2). Corners outside the map have weight 0, offset 0 and their
+ * valid bit cleared, so they read as 0 without touching memory outside the plane.
+ */
+template <typename Acc>
+struct BilinearSample {
+  int32_t offset[4];  //!< y * W + x of each corner inside the plane
+  Acc weight[4];      //!< interpolation weight of each corner
+  Acc ly, lx;         //!< fractional position inside the cell, for the position gradient
+  uint32_t valid;     //!< bit i set iff corner i lies on the map
+};
+
+/*! \brief The sample at (py, px) on an H x W map under the DCNv2 border rule. */
+template <typename Acc>
+DCN_HD BilinearSample<Acc> make_sample(Acc py, Acc px, int height, int width) {
+  BilinearSample<Acc> s;
+  s.valid = 0;
+  s.ly = s.lx = Acc(0);
+DCN_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    s.offset[i] = 0;
+    s.weight[i] = Acc(0);
+  }
+  // Written so that NaN positions fail the test and are treated as outside.
+  if (!(py > Acc(-1) && px > Acc(-1) && py < Acc(height) && px < Acc(width))) return s;
+  const int y0 = floor_to_int(py);
+  const int x0 = floor_to_int(px);
+  s.ly = py - Acc(y0);
+  s.lx = px - Acc(x0);
+  const Acc hy = Acc(1) - s.ly, hx = Acc(1) - s.lx;
+  const Acc w[4] = {hy * hx, hy * s.lx, s.ly * hx, s.ly * s.lx};
+DCN_UNROLL
+  for (int i = 0; i < 4; ++i) {
+    const int y = y0 + (i >> 1), x = x0 + (i & 1);
+    if (y >= 0 && y < height && x >= 0 && x < width) {
+      s.valid |= 1u << i;
+      s.offset[i] = y * width + x;
+      s.weight[i] = w[i];
+    }
+  }
+  return s;
+}
+
+/*! \brief Value of corner i of a sample on a plane (0 off the map). */
+template <typename T, typename Acc>
+DCN_HD Acc corner_value(const T* plane, const BilinearSample<Acc>& s, int i) {
+  return ((s.valid >> i) & 1u) ? static_cast<Acc>(plane[s.offset[i]]) : Acc(0);
+}
+
+/*! \brief Bilinear value of a sample on one channel plane (one im2col element before modulation). */
+template <typename T, typename Acc>
+DCN_HD Acc gather(const T* plane, const BilinearSample<Acc>& s) {
+  Acc v = Acc(0);
+DCN_UNROLL
+  for (int i = 0; i < 4; ++i) v += s.weight[i] * corner_value<T, Acc>(plane, s, i);
+  return v;
+}
+
+/*!
+ * \brief Adds grad * weight_i to the corners of a sample (one col2im element). The caller
+ *        guarantees that no other thread writes the same plane concurrently (CPU) or uses an
+ *        atomic/ordered formulation (CUDA); see the kernels.
+ */
+template <typename T, typename Acc>
+DCN_HD void scatter(T* plane, const BilinearSample<Acc>& s, Acc grad) {
+DCN_UNROLL
+  for (int i = 0; i < 4; ++i)
+    if ((s.valid >> i) & 1u) plane[s.offset[i]] += static_cast<T>(s.weight[i] * grad);
+}
+
+/*! \brief Derivatives of gather(plane, s) with respect to the sampling position (y, then x). */
+template <typename T, typename Acc>
+DCN_HD void position_grad(const T* plane, const BilinearSample<Acc>& s, Acc* dv_dy, Acc* dv_dx) {
+  const Acc c00 = corner_value<T, Acc>(plane, s, 0), c01 = corner_value<T, Acc>(plane, s, 1);
+  const Acc c10 = corner_value<T, Acc>(plane, s, 2), c11 = corner_value<T, Acc>(plane, s, 3);
+  *dv_dy = (Acc(1) - s.lx) * (c10 - c00) + s.lx * (c11 - c01);
+  *dv_dx = (Acc(1) - s.ly) * (c01 - c00) + s.ly * (c11 - c10);
+}
+
+}  // namespace dcnv2_mx
+
+#endif  // DCNV2_MX_COMMON_BILINEAR_H_

@@ -1,0 +1,65 @@
+/*!
+ * \file ext_util.h
+ * \brief Glue between MXNet's extension API (lib_api.h) and the MXNet-free operator code.
+ */
+#ifndef DCNV2_MX_COMMON_EXT_UTIL_H_
+#define DCNV2_MX_COMMON_EXT_UTIL_H_
+
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "mxnet/lib_api.h"
+
+namespace dcnv2_mx {
+
+/*! \brief Hands one error message, prefixed with the operator name, to MXNet. */
+void report_error(const char* op_name, const std::string& message);
+
+/*!
+ * \brief Runs `body` and turns any exception into an MXNet error message: exceptions must not
+ *        cross the C boundary into MXNet, and MX_ERROR_MSG reaches Python as an MXNetError.
+ */
+template <typename F>
+mxnet::ext::MXReturnValue guarded(const char* op_name, F&& body) {
+  try {
+    body();
+    return mxnet::ext::MX_SUCCESS;
+  } catch (const std::exception& e) {
+    report_error(op_name, e.what());
+  } catch (...) {
+    report_error(op_name, "unknown error");
+  }
+  return mxnet::ext::MX_FAIL;
+}
+
+/*! \brief Name of an MXNet dtype code, for messages. */
+inline const char* dtype_name(int dtype) {
+  switch (dtype) {
+    case mxnet::ext::kFloat32: return "float32";
+    case mxnet::ext::kFloat64: return "float64";
+    case mxnet::ext::kFloat16: return "float16";
+    case mxnet::ext::kUint8: return "uint8";
+    case mxnet::ext::kInt32: return "int32";
+    case mxnet::ext::kInt8: return "int8";
+    case mxnet::ext::kInt64: return "int64";
+    default: return "unknown";
+  }
+}
+
+/*!
+ * \brief Type inference shared by the operators: every input takes the type of the first known
+ *        one, which must be a floating type; all outputs take it as well.
+ */
+void infer_float_types(const char* op_name, const std::vector<std::string>& input_names,
+                       std::vector<int>* in_types, std::vector<int>* out_types);
+
+/*! \brief The element pointer of an optional tensor (null when `index` < 0). */
+template <typename T>
+T* tensor_ptr(std::vector<mxnet::ext::MXTensor>* tensors, int index) {
+  return index < 0 ? nullptr : tensors->at(index).data<T>();
+}
+
+}  // namespace dcnv2_mx
+
+#endif  // DCNV2_MX_COMMON_EXT_UTIL_H_

@@ -1,0 +1,43 @@
+/*!
+ * \file host_device.h
+ * \brief Portability macros so that one inline function serves the OpenMP loops and the CUDA
+ *        kernels alike.
+ */
+#ifndef DCNV2_MX_COMMON_HOST_DEVICE_H_
+#define DCNV2_MX_COMMON_HOST_DEVICE_H_
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define DCN_HD __host__ __device__ __forceinline__
+#define DCN_UNROLL _Pragma("unroll")
+#else
+#define DCN_HD inline
+#define DCN_UNROLL
+#endif
+
+namespace dcnv2_mx {
+
+/*! \brief Index type for whole tensors: products of shapes can exceed 2^31. */
+using index_t = int64_t;
+
+/*! \brief Floor that is exact for the range in which samples are used (|v| < 2^31). */
+template <typename Acc>
+DCN_HD int floor_to_int(Acc v) {
+  const int i = static_cast<int>(v);
+  return (static_cast<Acc>(i) > v) ? i - 1 : i;
+}
+
+/*!
+ * \brief Accumulation type of a storage type: float16 data is sampled, interpolated and
+ *        accumulated in float32 (the original computed sampling positions in half precision,
+ *        which quantised them).
+ */
+template <typename T>
+struct AccType {
+  using type = T;
+};
+
+}  // namespace dcnv2_mx
+
+#endif  // DCNV2_MX_COMMON_HOST_DEVICE_H_

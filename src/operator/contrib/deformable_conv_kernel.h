@@ -1,0 +1,115 @@
+/*!
+ * \file deformable_conv_kernel.h
+ * \brief Device-independent description of one deformable convolution call and the kernel entry
+ *        points. The kernels take raw pointers and know nothing of MXNet, so they can be driven
+ *        from a test harness as well as from the operator registration.
+ */
+#ifndef DCNV2_MX_DEFORMABLE_CONV_KERNEL_H_
+#define DCNV2_MX_DEFORMABLE_CONV_KERNEL_H_
+
+#include <cstddef>
+
+#include "common/bilinear.h"
+
+namespace dcnv2_mx {
+
+/*! \brief Sizes of one call. Shapes are NCHW; `K` = kernel_h * kernel_w taps. */
+struct DeformConvGeometry {
+  index_t batch, channels, height, width;
+  index_t filters, out_h, out_w;
+  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilate_h, dilate_w;
+  int groups, deformable_groups;
+  bool modulated;
+
+  DCN_HD index_t taps() const { return static_cast<index_t>(kernel_h) * kernel_w; }
+  DCN_HD index_t in_plane() const { return height * width; }
+  DCN_HD index_t out_plane() const { return out_h * out_w; }
+  DCN_HD index_t channels_per_dgroup() const { return channels / deformable_groups; }
+  DCN_HD index_t channels_per_group() const { return channels / groups; }
+  DCN_HD index_t filters_per_group() const { return filters / groups; }
+  /*! \brief Rows of the column matrix of one convolution group: (C / G) * K. */
+  DCN_HD index_t col_rows_per_group() const { return channels_per_group() * taps(); }
+  /*! \brief Channels of the offset input: 2 * dg * K, interleaved (dy, dx) per tap. */
+  DCN_HD index_t offset_channels() const { return 2 * deformable_groups * taps(); }
+  DCN_HD index_t mask_channels() const { return deformable_groups * taps(); }
+};
+
+/*!
+ * \brief The sample of tap k of deformable group g at output pixel `pix` of one image.
+ *
+ * `offset_n` and `mask_n` point at the image's offset (2*dg*K, Ho*Wo) and mask (dg*K, Ho*Wo)
+ * planes; `mask_n` may be null (DCNv1, modulation 1). The modulation is returned in `*m`.
+ */
+template <typename T, typename Acc>
+DCN_HD BilinearSample<Acc> tap_sample(const DeformConvGeometry& g, const T* offset_n,
+                                      const T* mask_n, index_t dgroup, index_t k, index_t pix,
+                                      Acc* m) {
+  const index_t plane = g.out_plane();
+  const index_t ho = pix / g.out_w, wo = pix - ho * g.out_w;
+  const index_t i = k / g.kernel_w, j = k - i * g.kernel_w;
+  const index_t ch = dgroup * 2 * g.taps() + 2 * k;
+  const Acc dy = static_cast<Acc>(offset_n[ch * plane + pix]);
+  const Acc dx = static_cast<Acc>(offset_n[(ch + 1) * plane + pix]);
+  const Acc py = static_cast<Acc>(ho * g.stride_h - g.pad_h + i * g.dilate_h) + dy;
+  const Acc px = static_cast<Acc>(wo * g.stride_w - g.pad_w + j * g.dilate_w) + dx;
+  *m = mask_n ? static_cast<Acc>(mask_n[(dgroup * g.taps() + k) * plane + pix]) : Acc(1);
+  return make_sample<Acc>(py, px, static_cast<int>(g.height), static_cast<int>(g.width));
+}
+
+/*! \brief Inputs and outputs of one forward call (device pointers on the call's device). */
+template <typename T>
+struct DeformConvForwardArgs {
+  const T* data;    //!< (N, C, H, W)
+  const T* offset;  //!< (N, 2*dg*K, Ho, Wo)
+  const T* mask;    //!< (N, dg*K, Ho, Wo), null for DCNv1
+  const T* weight;  //!< (F, C/G, kh, kw)
+  const T* bias;    //!< (F,) or null
+  T* out;           //!< (N, F, Ho, Wo)
+};
+
+/*! \brief Gradients to produce in one backward call; a null pointer skips that gradient. */
+template <typename T>
+struct DeformConvBackwardArgs {
+  const T* out_grad;  //!< (N, F, Ho, Wo)
+  DeformConvForwardArgs<T> in;  //!< the forward inputs (out unused)
+  T* data_grad;
+  T* offset_grad;
+  T* mask_grad;
+  T* weight_grad;
+  T* bias_grad;
+};
+
+/*! \brief Temporary memory a call asks of its host: one block of `bytes`. */
+struct Scratch {
+  void* ptr;
+  size_t bytes;
+};
+
+/*! \brief Plans the pixel tile of a call so that its scratch memory fits `budget_bytes`. */
+struct TilePlan {
+  index_t tile;           //!< output pixels per tile
+  size_t scratch_bytes;   //!< scratch memory the call needs
+};
+
+/*!
+ * \brief Tiling of one call: the largest tile of output pixels, at most `preferred_tile`, whose
+ *        scratch memory fits `budget_bytes`. Per pixel a tile holds `sample_bytes` for each
+ *        (deformable group, tap) and one column of C*K elements (two when `backward`).
+ *        Throws std::invalid_argument if not even one pixel fits.
+ */
+TilePlan plan_tiles(const DeformConvGeometry& g, size_t elem_size, size_t sample_bytes,
+                    bool backward, size_t budget_bytes, index_t preferred_tile);
+
+/*! \brief Rounds a byte count up to the alignment of every scratch sub-buffer. */
+inline size_t align_up(size_t bytes) { return (bytes + 63) & ~static_cast<size_t>(63); }
+
+template <typename T>
+void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
+                             Scratch scratch, index_t tile);
+template <typename T>
+void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
+                              Scratch scratch, index_t tile);
+
+}  // namespace dcnv2_mx
+
+#endif  // DCNV2_MX_DEFORMABLE_CONV_KERNEL_H_

@@ -1,0 +1,174 @@
+/*!
+ * \file deformable_conv_op.cc
+ * \brief Registration of _contrib_DeformableConvolutionV2 (DCNv2: offset and mask) and
+ *        _contrib_DeformableConvolutionV1 (offset only) with MXNet's extension API.
+ *
+ * Inputs are positional: data, offset, [mask], weight, [bias]. The Python package wraps them in
+ * keyword functions with auto-created weights (mx.sym.contrib.DeformableConvolutionV2).
+ */
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/ext_util.h"
+#include "deformable_conv_kernel.h"
+#include "deformable_conv_param.h"
+#if DCNV2_MX_WITH_CUDA
+#include "cuda/deformable_conv_cuda.h"
+#endif
+
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+
+namespace dcnv2_mx {
+namespace {
+
+/*! \brief Output pixels per tile on the CPU: a column tile of about this many bytes stays in
+ *         the core's cache while the GEMM consumes it. */
+constexpr size_t kCpuTileBytes = size_t(4) << 20;
+
+template <bool kModulated>
+const char* op_name() {
+  return kModulated ? "DeformableConvolutionV2" : "DeformableConvolutionV1";
+}
+
+template <bool kModulated>
+DeformConvParam parse(const AttrMap& attrs) {
+  return DeformConvParam::parse(op_name<kModulated>(), kModulated, attrs);
+}
+
+template <bool kModulated>
+MXReturnValue parse_attrs(const AttrMap& attrs, int* num_in, int* num_out) {
+  return guarded(op_name<kModulated>(), [&] {
+    *num_in = parse<kModulated>(attrs).num_inputs();
+    *num_out = 1;
+  });
+}
+
+template <bool kModulated>
+MXReturnValue infer_type(const AttrMap& attrs, std::vector<int>* in_types,
+                         std::vector<int>* out_types) {
+  return guarded(op_name<kModulated>(), [&] {
+    infer_float_types(op_name<kModulated>(), parse<kModulated>(attrs).input_names(), in_types,
+                      out_types);
+  });
+}
+
+template <bool kModulated>
+MXReturnValue infer_shape(const AttrMap& attrs, std::vector<std::vector<unsigned>>* in_shapes,
+                          std::vector<std::vector<unsigned>>* out_shapes) {
+  return guarded(op_name<kModulated>(), [&] {
+    (*out_shapes)[0] = parse<kModulated>(attrs).infer_shapes(in_shapes);
+  });
+}
+
+/*! \brief Forward inputs as kernel arguments; `first` is where data sits in `tensors`. */
+template <typename T>
+DeformConvForwardArgs<T> forward_args(const DeformConvParam& p, std::vector<MXTensor>* tensors,
+                                      int first) {
+  DeformConvForwardArgs<T> a;
+  a.data = tensor_ptr<T>(tensors, first);
+  a.offset = tensor_ptr<T>(tensors, first + 1);
+  a.mask = p.modulated ? tensor_ptr<T>(tensors, first + p.mask_index()) : nullptr;
+  a.weight = tensor_ptr<T>(tensors, first + p.weight_index());
+  a.bias = p.no_bias ? nullptr : tensor_ptr<T>(tensors, first + p.bias_index());
+  a.out = nullptr;
+  return a;
+}
+
+template <typename T>
+TilePlan cpu_plan(const DeformConvParam& p, const DeformConvGeometry& g, bool backward) {
+  using Acc = typename AccType<T>::type;
+  const size_t col_bytes_per_pixel = static_cast<size_t>(g.channels * g.taps()) * sizeof(T);
+  return plan_tiles(g, sizeof(T), sizeof(BilinearSample<Acc>) + sizeof(Acc), backward,
+                    p.workspace_bytes(), kCpuTileBytes / col_bytes_per_pixel + 1);
+}
+
+template <typename T>
+void forward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
+                 std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                 const OpResource& res) {
+  const TilePlan plan = cpu_plan<T>(p, g, false);
+  DeformConvForwardArgs<T> a = forward_args<T>(p, inputs, 0);
+  a.out = outputs->at(0).data<T>();
+  const Scratch scratch{res.alloc_cpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
+  deform_conv_forward_cpu<T>(g, a, scratch, plan.tile);
+}
+
+template <typename T>
+void backward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
+                  std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                  const OpResource& res) {
+  const TilePlan plan = cpu_plan<T>(p, g, true);
+  DeformConvBackwardArgs<T> a;
+  a.out_grad = inputs->at(0).data<T>();
+  a.in = forward_args<T>(p, inputs, 1);
+  a.data_grad = tensor_ptr<T>(outputs, 0);
+  a.offset_grad = tensor_ptr<T>(outputs, 1);
+  a.mask_grad = p.modulated ? tensor_ptr<T>(outputs, p.mask_index()) : nullptr;
+  a.weight_grad = tensor_ptr<T>(outputs, p.weight_index());
+  a.bias_grad = p.no_bias ? nullptr : tensor_ptr<T>(outputs, p.bias_index());
+  const Scratch scratch{res.alloc_cpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
+  deform_conv_backward_cpu<T>(g, a, scratch, plan.tile);
+}
+
+/*! \brief Calls body(T{}) with T the C++ type of a CPU dtype; float16 is a GPU type here. */
+template <typename Body>
+void dispatch_cpu(int dtype, Body&& body) {
+  switch (dtype) {
+    case mxnet::ext::kFloat32: return body(float{});
+    case mxnet::ext::kFloat64: return body(double{});
+    default:
+      throw std::invalid_argument(std::string("dtype ") + dtype_name(dtype) +
+                                  " is not supported on CPU (use float32 or float64)");
+  }
+}
+
+template <bool kModulated>
+MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
+                      std::vector<MXTensor>* outputs, const OpResource& res) {
+  return guarded(op_name<kModulated>(), [&] {
+    const DeformConvParam p = parse<kModulated>(attrs);
+    const DeformConvGeometry g = p.geometry(inputs->at(0).shape);
+    dispatch_cpu(inputs->at(0).dtype, [&](auto tag) {
+      forward_cpu<decltype(tag)>(p, g, inputs, outputs, res);
+    });
+  });
+}
+
+template <bool kModulated>
+MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
+                       std::vector<MXTensor>* outputs, const OpResource& res) {
+  return guarded(op_name<kModulated>(), [&] {
+    const DeformConvParam p = parse<kModulated>(attrs);
+    // Backward inputs: output gradient, the forward inputs, the forward output.
+    const DeformConvGeometry g = p.geometry(inputs->at(1).shape);
+    dispatch_cpu(inputs->at(1).dtype, [&](auto tag) {
+      backward_cpu<decltype(tag)>(p, g, inputs, outputs, res);
+    });
+  });
+}
+
+}  // namespace
+}  // namespace dcnv2_mx
+
+using dcnv2_mx::backward;
+using dcnv2_mx::forward;
+using dcnv2_mx::infer_shape;
+using dcnv2_mx::infer_type;
+using dcnv2_mx::parse_attrs;
+
+REGISTER_OP(_contrib_DeformableConvolutionV2)
+    .setParseAttrs(parse_attrs<true>)
+    .setInferType(infer_type<true>)
+    .setInferShape(infer_shape<true>)
+    .setForward(forward<true>, "cpu")
+    .setBackward(backward<true>, "cpu");
+
+REGISTER_OP(_contrib_DeformableConvolutionV1)
+    .setParseAttrs(parse_attrs<false>)
+    .setInferType(infer_type<false>)
+    .setInferShape(infer_shape<false>)
+    .setForward(forward<false>, "cpu")
+    .setBackward(backward<false>, "cpu");

@@ -3,7 +3,9 @@
 Importing the package loads the compiled operators into MXNet and installs keyword APIs:
 
 * ``mx.sym.contrib.DeformableConvolutionV2`` / ``mx.nd.contrib.DeformableConvolutionV2``
-  (modulated deformable convolution, DCNv2) and ``...DeformableConvolutionV1`` (offsets only).
+  (modulated deformable convolution, DCNv2) and ``...DeformableConvolutionV1`` (offsets only);
+* ``mx.sym.contrib.ModulatedDeformablePSROIPooling`` and its ``mx.nd.contrib`` twin (modulated
+  deformable PS-RoI pooling; without a mask, MXNet's DeformablePSROIPooling).
 """
 from . import library as _library
 
@@ -12,6 +14,7 @@ __version__ = "0.1.0"
 _library.load()
 
 from . import ops  # noqa: E402  (needs the loaded library)
-from .ops import DeformableConvolutionV1, DeformableConvolutionV2  # noqa: E402,F401
+from .ops import (  # noqa: E402,F401
+    DeformableConvolutionV1, DeformableConvolutionV2, ModulatedDeformablePSROIPooling)
 
 ops.install()

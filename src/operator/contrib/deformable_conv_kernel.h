@@ -94,15 +94,20 @@ struct TilePlan {
 /*!
  * \brief Tiling of one call: the largest tile of output pixels, at most `preferred_tile`, whose
  *        scratch memory fits `budget_bytes`. Per pixel a tile holds `sample_bytes` for each
- *        (deformable group, tap) and one column of C*K elements (two when `backward`).
- *        Throws std::invalid_argument if not even one pixel fits.
+ *        (deformable group, tap) and one column of C*K elements (two when `backward`); a call
+ *        also holds `fixed_bytes` whatever its tile. Throws std::invalid_argument if not even
+ *        one pixel fits.
  */
 TilePlan plan_tiles(const DeformConvGeometry& g, size_t elem_size, size_t sample_bytes,
-                    bool backward, size_t budget_bytes, index_t preferred_tile);
+                    bool backward, size_t budget_bytes, index_t preferred_tile,
+                    size_t fixed_bytes = 0);
 
 /*! \brief Rounds a byte count up to the alignment of every scratch sub-buffer. */
 inline size_t align_up(size_t bytes) { return (bytes + 63) & ~static_cast<size_t>(63); }
 
+/*! \brief Tiling and scratch size of a CPU call within `budget_bytes`. */
+template <typename T>
+TilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, size_t budget_bytes);
 template <typename T>
 void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
                              Scratch scratch, index_t tile);

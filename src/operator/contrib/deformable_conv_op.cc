@@ -24,10 +24,6 @@ using mxnet::ext::OpResource;
 namespace dcnv2_mx {
 namespace {
 
-/*! \brief Output pixels per tile on the CPU: a column tile of about this many bytes stays in
- *         the core's cache while the GEMM consumes it. */
-constexpr size_t kCpuTileBytes = size_t(4) << 20;
-
 template <bool kModulated>
 const char* op_name() {
   return kModulated ? "DeformableConvolutionV2" : "DeformableConvolutionV1";
@@ -78,18 +74,10 @@ DeformConvForwardArgs<T> forward_args(const DeformConvParam& p, std::vector<MXTe
 }
 
 template <typename T>
-TilePlan cpu_plan(const DeformConvParam& p, const DeformConvGeometry& g, bool backward) {
-  using Acc = typename AccType<T>::type;
-  const size_t col_bytes_per_pixel = static_cast<size_t>(g.channels * g.taps()) * sizeof(T);
-  return plan_tiles(g, sizeof(T), sizeof(BilinearSample<Acc>) + sizeof(Acc), backward,
-                    p.workspace_bytes(), kCpuTileBytes / col_bytes_per_pixel + 1);
-}
-
-template <typename T>
 void forward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
                  std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                  const OpResource& res) {
-  const TilePlan plan = cpu_plan<T>(p, g, false);
+  const TilePlan plan = plan_deform_conv_cpu<T>(g, false, p.workspace_bytes());
   DeformConvForwardArgs<T> a = forward_args<T>(p, inputs, 0);
   a.out = outputs->at(0).data<T>();
   const Scratch scratch{res.alloc_cpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
@@ -100,7 +88,7 @@ template <typename T>
 void backward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
                   std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                   const OpResource& res) {
-  const TilePlan plan = cpu_plan<T>(p, g, true);
+  const TilePlan plan = plan_deform_conv_cpu<T>(g, true, p.workspace_bytes());
   DeformConvBackwardArgs<T> a;
   a.out_grad = inputs->at(0).data<T>();
   a.in = forward_args<T>(p, inputs, 1);
@@ -111,18 +99,6 @@ void backward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
   a.bias_grad = p.no_bias ? nullptr : tensor_ptr<T>(outputs, p.bias_index());
   const Scratch scratch{res.alloc_cpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
   deform_conv_backward_cpu<T>(g, a, scratch, plan.tile);
-}
-
-/*! \brief Calls body(T{}) with T the C++ type of a CPU dtype; float16 is a GPU type here. */
-template <typename Body>
-void dispatch_cpu(int dtype, Body&& body) {
-  switch (dtype) {
-    case mxnet::ext::kFloat32: return body(float{});
-    case mxnet::ext::kFloat64: return body(double{});
-    default:
-      throw std::invalid_argument(std::string("dtype ") + dtype_name(dtype) +
-                                  " is not supported on CPU (use float32 or float64)");
-  }
 }
 
 template <bool kModulated>

@@ -8,24 +8,28 @@
 namespace dcnv2_mx {
 
 TilePlan plan_tiles(const DeformConvGeometry& g, size_t elem_size, size_t sample_bytes,
-                    bool backward, size_t budget_bytes, index_t preferred_tile) {
+                    bool backward, size_t budget_bytes, index_t preferred_tile,
+                    size_t fixed_bytes) {
   const size_t samples_per_pixel = static_cast<size_t>(g.deformable_groups * g.taps());
   const size_t col_per_pixel = static_cast<size_t>(g.channels * g.taps()) * elem_size;
   const size_t per_pixel = samples_per_pixel * sample_bytes + col_per_pixel * (backward ? 2 : 1);
   // MXNet's allocator takes an int: one block must stay under 2 GiB.
-  const size_t budget = std::min(budget_bytes, static_cast<size_t>(INT_MAX) - 4 * 64);
+  const size_t budget = std::min(budget_bytes, static_cast<size_t>(INT_MAX) - 8 * 64);
   index_t tile = std::min<index_t>(g.out_plane(), std::max<index_t>(preferred_tile, 1));
-  tile = std::min<index_t>(tile, static_cast<index_t>(budget / per_pixel));
+  if (fixed_bytes < budget)
+    tile = std::min<index_t>(tile, static_cast<index_t>((budget - fixed_bytes) / per_pixel));
+  else
+    tile = 0;
   if (tile < 1)
     throw std::invalid_argument(
         "parameter 'workspace' (" + std::to_string(budget_bytes >> 20) +
-        " MiB) is too small: one output pixel needs " + std::to_string(per_pixel) +
-        " bytes of scratch memory");
+        " MiB) is too small: this input needs " + std::to_string(fixed_bytes + per_pixel) +
+        " bytes of scratch memory at least");
   const size_t t = static_cast<size_t>(tile);
   TilePlan plan;
   plan.tile = tile;
-  // Room for aligning the base and each of at most four sub-buffers to 64 bytes.
-  plan.scratch_bytes = per_pixel * t + 5 * 64;
+  // Room for aligning the base and each of at most eight sub-buffers to 64 bytes.
+  plan.scratch_bytes = fixed_bytes + per_pixel * t + 8 * 64;
   return plan;
 }
 

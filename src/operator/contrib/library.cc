@@ -2,11 +2,8 @@
  * \file library.cc
  * \brief Entry point called by mx.library.load.
  */
-#include <omp.h>
-
-#include <iostream>
-
 #include "cpu/blas.h"
+#include "cpu/threads.h"
 #include "mxnet/lib_api.h"
 
 /*! \brief The MXNet version whose lib_api.h this library was compiled against. */
@@ -18,8 +15,7 @@ mxnet::ext::MXReturnValue initialize(int version) {
     MX_ERROR_MSG << "dcnv2_mx needs MXNet >= 1.9.0, this is MXNet " << version;
     return mxnet::ext::MX_FAIL;
   }
-  // GEMMs run between the OpenMP loops, never inside them: give BLAS the same thread count so
-  // that the two never oversubscribe the cores.
-  dcnv2_mx::cpu::set_blas_threads(omp_get_max_threads());
+  dcnv2_mx::cpu::init_threads();
+  dcnv2_mx::cpu::init_blas();
   return mxnet::ext::MX_SUCCESS;
 }

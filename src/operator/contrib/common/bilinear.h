@@ -59,38 +59,53 @@ DCN_UNROLL
   return s;
 }
 
-/*! \brief Value of corner i of a sample on a plane (0 off the map). */
+/*!
+ * \brief Value of corner i of a sample (0 off the map). The map is read at
+ *        `map[offset * stride]`: stride 1 for one channel plane (NCHW), stride C for channel c
+ *        of a pixel-major (NHWC) copy at `map = base + c`. The load is always in bounds (offset 0
+ *        for corners off the map) and the select keeps a non-finite value there out of the
+ *        result, so the function is branch-free and vectorises over channels.
+ */
 template <typename T, typename Acc>
-DCN_HD Acc corner_value(const T* plane, const BilinearSample<Acc>& s, int i) {
-  return ((s.valid >> i) & 1u) ? static_cast<Acc>(plane[s.offset[i]]) : Acc(0);
+DCN_HD Acc corner_value(const T* map, const BilinearSample<Acc>& s, int i, index_t stride = 1) {
+  const Acc v = static_cast<Acc>(map[s.offset[i] * stride]);
+  return ((s.valid >> i) & 1u) ? v : Acc(0);
 }
 
-/*! \brief Bilinear value of a sample on one channel plane (one im2col element before modulation). */
+/*! \brief Bilinear value of a sample on one channel (one im2col element before modulation). */
 template <typename T, typename Acc>
-DCN_HD Acc gather(const T* plane, const BilinearSample<Acc>& s) {
+DCN_HD Acc gather(const T* map, const BilinearSample<Acc>& s, index_t stride = 1) {
   Acc v = Acc(0);
 DCN_UNROLL
-  for (int i = 0; i < 4; ++i) v += s.weight[i] * corner_value<T, Acc>(plane, s, i);
+  for (int i = 0; i < 4; ++i) v += s.weight[i] * corner_value<T, Acc>(map, s, i, stride);
   return v;
 }
 
 /*!
- * \brief Adds grad * weight_i to the corners of a sample (one col2im element). The caller
+ * \brief Adds grad * weight_i to the corners of a sample on one channel (one col2im element).
+ *        The caller
  *        guarantees that no other thread writes the same plane concurrently (CPU) or uses an
  *        atomic/ordered formulation (CUDA); see the kernels.
  */
 template <typename T, typename Acc>
-DCN_HD void scatter(T* plane, const BilinearSample<Acc>& s, Acc grad) {
+DCN_HD void scatter(T* map, const BilinearSample<Acc>& s, Acc grad, index_t stride = 1) {
 DCN_UNROLL
   for (int i = 0; i < 4; ++i)
-    if ((s.valid >> i) & 1u) plane[s.offset[i]] += static_cast<T>(s.weight[i] * grad);
+    if ((s.valid >> i) & 1u) map[s.offset[i] * stride] += static_cast<T>(s.weight[i] * grad);
 }
 
-/*! \brief Derivatives of gather(plane, s) with respect to the sampling position (y, then x). */
+/*!
+ * \brief The bilinear value of a sample on one plane and its derivatives with respect to the
+ *        sampling position (y, then x), from one read of the four corners.
+ */
 template <typename T, typename Acc>
-DCN_HD void position_grad(const T* plane, const BilinearSample<Acc>& s, Acc* dv_dy, Acc* dv_dx) {
-  const Acc c00 = corner_value<T, Acc>(plane, s, 0), c01 = corner_value<T, Acc>(plane, s, 1);
-  const Acc c10 = corner_value<T, Acc>(plane, s, 2), c11 = corner_value<T, Acc>(plane, s, 3);
+DCN_HD void value_and_position_grad(const T* map, const BilinearSample<Acc>& s, Acc* value,
+                                    Acc* dv_dy, Acc* dv_dx, index_t stride = 1) {
+  const Acc c00 = corner_value<T, Acc>(map, s, 0, stride);
+  const Acc c01 = corner_value<T, Acc>(map, s, 1, stride);
+  const Acc c10 = corner_value<T, Acc>(map, s, 2, stride);
+  const Acc c11 = corner_value<T, Acc>(map, s, 3, stride);
+  *value = s.weight[0] * c00 + s.weight[1] * c01 + s.weight[2] * c10 + s.weight[3] * c11;
   *dv_dy = (Acc(1) - s.lx) * (c10 - c00) + s.lx * (c11 - c01);
   *dv_dx = (Acc(1) - s.ly) * (c01 - c00) + s.ly * (c11 - c10);
 }

@@ -6,6 +6,7 @@
 #define DCNV2_MX_COMMON_EXT_UTIL_H_
 
 #include <exception>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,18 @@ inline const char* dtype_name(int dtype) {
     case mxnet::ext::kInt8: return "int8";
     case mxnet::ext::kInt64: return "int64";
     default: return "unknown";
+  }
+}
+
+/*! \brief Calls body(T{}) with T the C++ type of a CPU dtype; float16 is a GPU type here. */
+template <typename Body>
+void dispatch_cpu(int dtype, Body&& body) {
+  switch (dtype) {
+    case mxnet::ext::kFloat32: return body(float{});
+    case mxnet::ext::kFloat64: return body(double{});
+    default:
+      throw std::invalid_argument(std::string("dtype ") + dtype_name(dtype) +
+                                  " is not supported on CPU (use float32 or float64)");
   }
 }
 

@@ -1,0 +1,110 @@
+/*!
+ * \file psroi_pooling_op.cc
+ * \brief Registration of _contrib_ModulatedDeformablePSROIPooling with MXNet's extension API.
+ *
+ * Inputs are positional: data, rois, [trans] (absent when no_trans), [mask] (absent when
+ * no_mask). One output; backward recomputes the per-bin sample counts instead of keeping them
+ * in a second output. The Python package wraps the operator in a keyword function
+ * (mx.sym.contrib.ModulatedDeformablePSROIPooling) that sets no_mask from the inputs given.
+ */
+#include <string>
+#include <vector>
+
+#include "common/ext_util.h"
+#include "psroi_pooling_kernel.h"
+#include "psroi_pooling_param.h"
+
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+
+namespace dcnv2_mx {
+namespace {
+
+constexpr const char* kOpName = PSROIPoolParam::kOpName;
+
+MXReturnValue parse_attrs(const AttrMap& attrs, int* num_in, int* num_out) {
+  return guarded(kOpName, [&] {
+    *num_in = PSROIPoolParam::parse(attrs).num_inputs();
+    *num_out = 1;
+  });
+}
+
+MXReturnValue infer_type(const AttrMap& attrs, std::vector<int>* in_types,
+                         std::vector<int>* out_types) {
+  return guarded(kOpName, [&] {
+    infer_float_types(kOpName, PSROIPoolParam::parse(attrs).input_names(), in_types, out_types);
+  });
+}
+
+MXReturnValue infer_shape(const AttrMap& attrs, std::vector<std::vector<unsigned>>* in_shapes,
+                          std::vector<std::vector<unsigned>>* out_shapes) {
+  return guarded(kOpName, [&] {
+    (*out_shapes)[0] = PSROIPoolParam::parse(attrs).infer_shapes(in_shapes);
+  });
+}
+
+/*! \brief Shapes of the forward inputs, which sit in `tensors` from `first` on. */
+std::vector<std::vector<int64_t>> input_shapes(const PSROIPoolParam& p,
+                                               const std::vector<MXTensor>& tensors, int first) {
+  std::vector<std::vector<int64_t>> shapes;
+  for (int i = 0; i < p.num_inputs(); ++i) shapes.push_back(tensors.at(first + i).shape);
+  return shapes;
+}
+
+/*! \brief Forward inputs as kernel arguments; `first` is where data sits in `tensors`. */
+template <typename T>
+PSROIPoolForwardArgs<T> forward_args(const PSROIPoolParam& p, std::vector<MXTensor>* tensors,
+                                     int first) {
+  PSROIPoolForwardArgs<T> a;
+  a.data = tensor_ptr<T>(tensors, first);
+  a.rois = tensor_ptr<T>(tensors, first + 1);
+  a.trans = p.no_trans ? nullptr : tensor_ptr<T>(tensors, first + p.trans_index());
+  a.mask = p.no_mask ? nullptr : tensor_ptr<T>(tensors, first + p.mask_index());
+  a.out = nullptr;
+  return a;
+}
+
+MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
+                      std::vector<MXTensor>* outputs, const OpResource& res) {
+  return guarded(kOpName, [&] {
+    const PSROIPoolParam p = PSROIPoolParam::parse(attrs);
+    const PSROIPoolGeometry g = p.geometry(input_shapes(p, *inputs, 0));
+    dispatch_cpu(inputs->at(0).dtype, [&](auto tag) {
+      using T = decltype(tag);
+      PSROIPoolForwardArgs<T> a = forward_args<T>(p, inputs, 0);
+      a.out = outputs->at(0).data<T>();
+      psroi_pool_forward_cpu<T>(g, a);
+    });
+  });
+}
+
+MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
+                       std::vector<MXTensor>* outputs, const OpResource& res) {
+  return guarded(kOpName, [&] {
+    const PSROIPoolParam p = PSROIPoolParam::parse(attrs);
+    // Backward inputs: output gradient, the forward inputs, the forward output.
+    const PSROIPoolGeometry g = p.geometry(input_shapes(p, *inputs, 1));
+    dispatch_cpu(inputs->at(1).dtype, [&](auto tag) {
+      using T = decltype(tag);
+      PSROIPoolBackwardArgs<T> a;
+      a.out_grad = inputs->at(0).data<T>();
+      a.in = forward_args<T>(p, inputs, 1);
+      a.data_grad = tensor_ptr<T>(outputs, 0);
+      a.rois_grad = tensor_ptr<T>(outputs, 1);
+      a.trans_grad = p.no_trans ? nullptr : tensor_ptr<T>(outputs, p.trans_index());
+      a.mask_grad = p.no_mask ? nullptr : tensor_ptr<T>(outputs, p.mask_index());
+      psroi_pool_backward_cpu<T>(g, a);
+    });
+  });
+}
+
+}  // namespace
+}  // namespace dcnv2_mx
+
+REGISTER_OP(_contrib_ModulatedDeformablePSROIPooling)
+    .setParseAttrs(dcnv2_mx::parse_attrs)
+    .setInferType(dcnv2_mx::infer_type)
+    .setInferShape(dcnv2_mx::infer_shape)
+    .setForward(dcnv2_mx::forward, "cpu")
+    .setBackward(dcnv2_mx::backward, "cpu");

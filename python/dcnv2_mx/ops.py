@@ -157,6 +157,8 @@ def _conv(op, modulated):
             raise TypeError(f"{op} takes no mask (use DeformableConvolutionV2)")
         if kernel is None or num_filter is None:
             raise TypeError(f"{op}: 'kernel' and 'num_filter' are required")
+        if no_bias and bias is not None:
+            raise TypeError(f"{op}: a bias was given with no_bias=True")
         inputs = {"data": data, "offset": offset}
         if modulated:
             inputs["mask"] = mask

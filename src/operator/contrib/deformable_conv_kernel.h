@@ -8,6 +8,8 @@
 #define DCNV2_MX_DEFORMABLE_CONV_KERNEL_H_
 
 #include <cstddef>
+#include <stdexcept>
+#include <string>
 
 #include "common/bilinear.h"
 
@@ -87,33 +89,64 @@ struct Scratch {
 
 /*! \brief Plans the pixel tile of a call so that its scratch memory fits `budget_bytes`. */
 struct TilePlan {
-  index_t tile;           //!< output pixels per tile
+  index_t tile;           //!< output pixels of an image per tile
   size_t scratch_bytes;   //!< scratch memory the call needs
+  index_t images = 1;     //!< images per tile (more than one only when tile covers an image)
 };
 
 /*!
  * \brief Tiling of one call: the largest tile of output pixels, at most `preferred_tile`, whose
  *        scratch memory fits `budget_bytes`. Per pixel a tile holds `sample_bytes` for each
- *        (deformable group, tap) and one column of C*K elements (two when `backward`); a call
- *        also holds `fixed_bytes` whatever its tile. Throws std::invalid_argument if not even
- *        one pixel fits.
+ *        (deformable group, tap), one column of C*K elements (two when `backward`) and
+ *        `pixel_bytes` more; a call also holds `fixed_bytes` whatever its tile. Throws
+ *        std::invalid_argument if not even one pixel fits.
  */
 TilePlan plan_tiles(const DeformConvGeometry& g, size_t elem_size, size_t sample_bytes,
                     bool backward, size_t budget_bytes, index_t preferred_tile,
-                    size_t fixed_bytes = 0);
+                    size_t fixed_bytes = 0, size_t pixel_bytes = 0);
 
 /*! \brief Rounds a byte count up to the alignment of every scratch sub-buffer. */
 inline size_t align_up(size_t bytes) { return (bytes + 63) & ~static_cast<size_t>(63); }
+
+/*!
+ * \brief Hands out consecutive 64-byte aligned sub-buffers of one scratch block. A carver of a
+ *        null block only measures: every take() returns null and bytes_needed() tells how large
+ *        a block the same sequence of takes needs (with room to align the block's start).
+ */
+class ScratchCarver {
+ public:
+  explicit ScratchCarver(Scratch scratch)
+      : base_(reinterpret_cast<size_t>(scratch.ptr)), end_(base_ + scratch.bytes),
+        next_(base_) {}
+
+  /*! \brief The next `count` elements of U; throws std::logic_error past the block's end. */
+  template <typename U>
+  U* take(size_t count) {
+    const size_t start = align_up(next_);
+    next_ = start + count * sizeof(U);
+    if (base_ == 0) return nullptr;
+    if (next_ > end_)
+      throw std::logic_error("scratch block of " + std::to_string(end_ - base_) +
+                             " bytes is too small (internal planning error)");
+    return reinterpret_cast<U*>(start);
+  }
+
+  /*! \brief Bytes of a block that holds every take so far, whatever the block's alignment. */
+  size_t bytes_needed() const { return next_ - base_ + 63; }
+
+ private:
+  size_t base_, end_, next_;
+};
 
 /*! \brief Tiling and scratch size of a CPU call within `budget_bytes`. */
 template <typename T>
 TilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, size_t budget_bytes);
 template <typename T>
 void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
-                             Scratch scratch, index_t tile);
+                             const TilePlan& plan, Scratch scratch);
 template <typename T>
 void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
-                              Scratch scratch, index_t tile);
+                              const TilePlan& plan, Scratch scratch);
 
 }  // namespace dcnv2_mx
 

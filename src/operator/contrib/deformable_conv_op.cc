@@ -81,7 +81,7 @@ void forward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
   DeformConvForwardArgs<T> a = forward_args<T>(p, inputs, 0);
   a.out = outputs->at(0).data<T>();
   const Scratch scratch{res.alloc_cpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
-  deform_conv_forward_cpu<T>(g, a, scratch, plan.tile);
+  deform_conv_forward_cpu<T>(g, a, plan, scratch);
 }
 
 template <typename T>
@@ -98,7 +98,7 @@ void backward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
   a.weight_grad = tensor_ptr<T>(outputs, p.weight_index());
   a.bias_grad = p.no_bias ? nullptr : tensor_ptr<T>(outputs, p.bias_index());
   const Scratch scratch{res.alloc_cpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
-  deform_conv_backward_cpu<T>(g, a, scratch, plan.tile);
+  deform_conv_backward_cpu<T>(g, a, plan, scratch);
 }
 
 template <bool kModulated>

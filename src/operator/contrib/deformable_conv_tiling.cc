@@ -9,10 +9,11 @@ namespace dcnv2_mx {
 
 TilePlan plan_tiles(const DeformConvGeometry& g, size_t elem_size, size_t sample_bytes,
                     bool backward, size_t budget_bytes, index_t preferred_tile,
-                    size_t fixed_bytes) {
+                    size_t fixed_bytes, size_t pixel_bytes) {
   const size_t samples_per_pixel = static_cast<size_t>(g.deformable_groups * g.taps());
   const size_t col_per_pixel = static_cast<size_t>(g.channels * g.taps()) * elem_size;
-  const size_t per_pixel = samples_per_pixel * sample_bytes + col_per_pixel * (backward ? 2 : 1);
+  const size_t per_pixel =
+      samples_per_pixel * sample_bytes + col_per_pixel * (backward ? 2 : 1) + pixel_bytes;
   // MXNet's allocator takes an int: one block must stay under 2 GiB.
   const size_t budget = std::min(budget_bytes, static_cast<size_t>(INT_MAX) - 8 * 64);
   index_t tile = std::min<index_t>(g.out_plane(), std::max<index_t>(preferred_tile, 1));

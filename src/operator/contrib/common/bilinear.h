@@ -81,17 +81,26 @@ DCN_UNROLL
   return v;
 }
 
+/*! \brief `*dst += value` in the storage type: the update of a map with a single writer. */
+struct PlainAdd {
+  template <typename T, typename Acc>
+  DCN_HD void operator()(T* dst, Acc value) const {
+    *dst += static_cast<T>(value);
+  }
+};
+
 /*!
- * \brief Adds grad * weight_i to the corners of a sample on one channel (one col2im element).
- *        The caller
- *        guarantees that no other thread writes the same plane concurrently (CPU) or uses an
- *        atomic/ordered formulation (CUDA); see the kernels.
+ * \brief Adds grad * weight_i to the corners of a sample on one channel (one col2im element)
+ *        through `add(element pointer, value)`. With the default PlainAdd the caller guarantees
+ *        that no other thread writes the same plane concurrently (the CPU kernels); the CUDA
+ *        kernels pass an atomic add.
  */
-template <typename T, typename Acc>
-DCN_HD void scatter(T* map, const BilinearSample<Acc>& s, Acc grad, index_t stride = 1) {
+template <typename T, typename Acc, typename Add = PlainAdd>
+DCN_HD void scatter(T* map, const BilinearSample<Acc>& s, Acc grad, index_t stride = 1,
+                    Add add = Add()) {
 DCN_UNROLL
   for (int i = 0; i < 4; ++i)
-    if ((s.valid >> i) & 1u) map[s.offset[i] * stride] += static_cast<T>(s.weight[i] * grad);
+    if ((s.valid >> i) & 1u) add(&map[s.offset[i] * stride], s.weight[i] * grad);
 }
 
 /*!

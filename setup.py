@@ -71,6 +71,7 @@ class CMakeBuild(build_ext):
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DDCNV2_MX_CUDA={'ON' if want_cuda else 'OFF'}",
             f"-DDCNV2_MX_NATIVE={os.environ.get('DCNV2_MX_NATIVE', 'ON')}",
+            f"-DDCNV2_MX_CUDA_ARCHS={os.environ.get('DCNV2_MX_CUDA_ARCHS', '')}",
         ]
         if shutil.which("ninja"):
             cmake_args += ["-G", "Ninja"]

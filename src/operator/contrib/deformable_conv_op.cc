@@ -6,6 +6,8 @@
  * Inputs are positional: data, offset, [mask], weight, [bias]. The Python package wraps them in
  * keyword functions with auto-created weights (mx.sym.contrib.DeformableConvolutionV2).
  */
+#include <cctype>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -84,11 +86,10 @@ void forward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
   deform_conv_forward_cpu<T>(g, a, plan, scratch);
 }
 
+/*! \brief Backward inputs (output gradient, forward inputs, ...) and gradients as arguments. */
 template <typename T>
-void backward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
-                  std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                  const OpResource& res) {
-  const TilePlan plan = plan_deform_conv_cpu<T>(g, true, p.workspace_bytes());
+DeformConvBackwardArgs<T> backward_args(const DeformConvParam& p, std::vector<MXTensor>* inputs,
+                                        std::vector<MXTensor>* outputs) {
   DeformConvBackwardArgs<T> a;
   a.out_grad = inputs->at(0).data<T>();
   a.in = forward_args<T>(p, inputs, 1);
@@ -97,8 +98,16 @@ void backward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
   a.mask_grad = p.modulated ? tensor_ptr<T>(outputs, p.mask_index()) : nullptr;
   a.weight_grad = tensor_ptr<T>(outputs, p.weight_index());
   a.bias_grad = p.no_bias ? nullptr : tensor_ptr<T>(outputs, p.bias_index());
+  return a;
+}
+
+template <typename T>
+void backward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
+                  std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                  const OpResource& res) {
+  const TilePlan plan = plan_deform_conv_cpu<T>(g, true, p.workspace_bytes());
   const Scratch scratch{res.alloc_cpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
-  deform_conv_backward_cpu<T>(g, a, plan, scratch);
+  deform_conv_backward_cpu<T>(g, backward_args<T>(p, inputs, outputs), plan, scratch);
 }
 
 template <bool kModulated>
@@ -126,6 +135,75 @@ MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
   });
 }
 
+#if DCNV2_MX_WITH_CUDA
+/*!
+ * \brief How the GPU backward sums the data gradient: in a fixed order when MXNet's switch for
+ *        reproducible kernels, MXNET_ENFORCE_DETERMINISM, is set (to anything but 0 or false),
+ *        with atomics otherwise. Read at every call.
+ */
+DataGradMode data_grad_mode() {
+  const char* value = std::getenv("MXNET_ENFORCE_DETERMINISM");
+  if (value == nullptr) return DataGradMode::kAtomic;
+  std::string v(value);
+  for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return v.empty() || v == "0" || v == "false" ? DataGradMode::kAtomic
+                                               : DataGradMode::kDeterministic;
+}
+
+cudaStream_t stream_of(const OpResource& res) {
+  return static_cast<cudaStream_t>(res.get_cuda_stream());
+}
+
+template <typename T>
+void forward_gpu(const DeformConvParam& p, const DeformConvGeometry& g,
+                 std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                 const OpResource& res) {
+  const TilePlan plan =
+      plan_deform_conv_gpu<T>(g, false, DataGradMode::kAtomic, p.workspace_bytes());
+  DeformConvForwardArgs<T> a = forward_args<T>(p, inputs, 0);
+  a.out = outputs->at(0).data<T>();
+  const Scratch scratch{res.alloc_gpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
+  deform_conv_forward_gpu<T>(g, a, plan, scratch, stream_of(res));
+}
+
+template <typename T>
+void backward_gpu(const DeformConvParam& p, const DeformConvGeometry& g,
+                  std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                  const OpResource& res) {
+  const DataGradMode mode = data_grad_mode();
+  const TilePlan plan = plan_deform_conv_gpu<T>(g, true, mode, p.workspace_bytes());
+  const Scratch scratch{res.alloc_gpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
+  deform_conv_backward_gpu<T>(g, backward_args<T>(p, inputs, outputs), mode, plan, scratch,
+                              stream_of(res));
+}
+
+template <bool kModulated>
+MXReturnValue forward_on_gpu(const AttrMap& attrs, std::vector<MXTensor>* inputs,
+                             std::vector<MXTensor>* outputs, const OpResource& res) {
+  return guarded(op_name<kModulated>(), [&] {
+    const DeformConvParam p = parse<kModulated>(attrs);
+    const DeformConvGeometry g = p.geometry(inputs->at(0).shape);
+    const cuda::DeviceGuard device(inputs->at(0).ctx.dev_id);  // gpu(1) runs on device 1
+    dispatch_gpu(inputs->at(0).dtype, [&](auto tag) {
+      forward_gpu<decltype(tag)>(p, g, inputs, outputs, res);
+    });
+  });
+}
+
+template <bool kModulated>
+MXReturnValue backward_on_gpu(const AttrMap& attrs, std::vector<MXTensor>* inputs,
+                              std::vector<MXTensor>* outputs, const OpResource& res) {
+  return guarded(op_name<kModulated>(), [&] {
+    const DeformConvParam p = parse<kModulated>(attrs);
+    const DeformConvGeometry g = p.geometry(inputs->at(1).shape);
+    const cuda::DeviceGuard device(inputs->at(1).ctx.dev_id);
+    dispatch_gpu(inputs->at(1).dtype, [&](auto tag) {
+      backward_gpu<decltype(tag)>(p, g, inputs, outputs, res);
+    });
+  });
+}
+#endif  // DCNV2_MX_WITH_CUDA
+
 }  // namespace
 }  // namespace dcnv2_mx
 
@@ -134,11 +212,19 @@ using dcnv2_mx::forward;
 using dcnv2_mx::infer_shape;
 using dcnv2_mx::infer_type;
 using dcnv2_mx::parse_attrs;
+#if DCNV2_MX_WITH_CUDA
+using dcnv2_mx::backward_on_gpu;
+using dcnv2_mx::forward_on_gpu;
+#endif
 
 REGISTER_OP(_contrib_DeformableConvolutionV2)
     .setParseAttrs(parse_attrs<true>)
     .setInferType(infer_type<true>)
     .setInferShape(infer_shape<true>)
+#if DCNV2_MX_WITH_CUDA
+    .setForward(forward_on_gpu<true>, "gpu")
+    .setBackward(backward_on_gpu<true>, "gpu")
+#endif
     .setForward(forward<true>, "cpu")
     .setBackward(backward<true>, "cpu");
 
@@ -146,5 +232,9 @@ REGISTER_OP(_contrib_DeformableConvolutionV1)
     .setParseAttrs(parse_attrs<false>)
     .setInferType(infer_type<false>)
     .setInferShape(infer_shape<false>)
+#if DCNV2_MX_WITH_CUDA
+    .setForward(forward_on_gpu<false>, "gpu")
+    .setBackward(backward_on_gpu<false>, "gpu")
+#endif
     .setForward(forward<false>, "cpu")
     .setBackward(backward<false>, "cpu");

@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "mxnet/lib_api.h"
+#if DCNV2_MX_WITH_CUDA
+#include <cuda_fp16.h>
+#endif
 
 namespace dcnv2_mx {
 
@@ -59,6 +62,21 @@ void dispatch_cpu(int dtype, Body&& body) {
                                   " is not supported on CPU (use float32 or float64)");
   }
 }
+
+#if DCNV2_MX_WITH_CUDA
+/*! \brief Calls body(T{}) with T the C++ type of a GPU dtype (float16 is CUDA's __half). */
+template <typename Body>
+void dispatch_gpu(int dtype, Body&& body) {
+  switch (dtype) {
+    case mxnet::ext::kFloat32: return body(float{});
+    case mxnet::ext::kFloat64: return body(double{});
+    case mxnet::ext::kFloat16: return body(__half{});
+    default:
+      throw std::invalid_argument(std::string("dtype ") + dtype_name(dtype) +
+                                  " is not supported on GPU (use float32, float64 or float16)");
+  }
+}
+#endif
 
 /*!
  * \brief Type inference shared by the operators: every input takes the type of the first known

@@ -10,9 +10,14 @@
 
 #if defined(__CUDACC__)
 #define DCN_HD __host__ __device__ __forceinline__
-#define DCN_UNROLL _Pragma("unroll")
 #else
 #define DCN_HD inline
+#endif
+
+// Only the device pass knows the pragma; host compilers would warn about it.
+#if defined(__CUDA_ARCH__)
+#define DCN_UNROLL _Pragma("unroll")
+#else
 #define DCN_UNROLL
 #endif
 

@@ -71,26 +71,20 @@ struct Buffers {
   T* col_grad;                   //!< the same for its gradient (backward)
 
   Buffers(const DeformConvGeometry& g, const TilePlan& plan, Scratch scratch, bool backward) {
-    char* p = static_cast<char*>(scratch.ptr);
-    auto take = [&p](size_t count, size_t size) {
-      p = reinterpret_cast<char*>(align_up(reinterpret_cast<size_t>(p)));
-      char* out = p;
-      p += count * size;
-      return out;
-    };
+    ScratchCarver carver(scratch);
     const size_t pixels = static_cast<size_t>(plan.images * plan.tile);
     const size_t images_n = static_cast<size_t>(plan.images * g.channels * g.in_plane());
     const size_t weight_n = static_cast<size_t>(g.filters * g.col_rows_per_group());
     const size_t samples_n = static_cast<size_t>(g.deformable_groups * g.taps()) * pixels;
     const size_t col_n = static_cast<size_t>(g.channels * g.taps()) * pixels;
-    images = reinterpret_cast<T*>(take(images_n, sizeof(T)));
-    weight = reinterpret_cast<T*>(take(weight_n, sizeof(T)));
-    samples = reinterpret_cast<BilinearSample<Acc>*>(take(samples_n, sizeof(BilinearSample<Acc>)));
-    modulation = reinterpret_cast<Acc*>(take(samples_n, sizeof(Acc)));
-    col = reinterpret_cast<T*>(take(col_n, sizeof(T)));
-    image_grads = backward ? reinterpret_cast<T*>(take(images_n, sizeof(T))) : nullptr;
-    weight_grad = backward ? reinterpret_cast<T*>(take(weight_n, sizeof(T))) : nullptr;
-    col_grad = backward ? reinterpret_cast<T*>(take(col_n, sizeof(T))) : nullptr;
+    images = carver.take<T>(images_n);
+    weight = carver.take<T>(weight_n);
+    samples = carver.take<BilinearSample<Acc>>(samples_n);
+    modulation = carver.take<Acc>(samples_n);
+    col = carver.take<T>(col_n);
+    image_grads = backward ? carver.take<T>(images_n) : nullptr;
+    weight_grad = backward ? carver.take<T>(weight_n) : nullptr;
+    col_grad = backward ? carver.take<T>(col_n) : nullptr;
   }
 };
 

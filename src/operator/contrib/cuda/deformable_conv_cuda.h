@@ -1,0 +1,56 @@
+/*!
+ * \file deformable_conv_cuda.h
+ * \brief CUDA entry points of the deformable convolutions (DCNv2 and DCNv1). Like the CPU ones
+ *        they take raw device pointers, a geometry, a scratch block and a stream, and know
+ *        nothing of MXNet: the operator registration and the standalone test harness
+ *        (standalone_capi.cu) both drive them.
+ *
+ * Instantiated for float, double and __half (sampled and accumulated in float32). Every call
+ * runs on the given stream without synchronising with the host; the caller makes the tensors'
+ * device current.
+ */
+#ifndef DCNV2_MX_CUDA_DEFORMABLE_CONV_CUDA_H_
+#define DCNV2_MX_CUDA_DEFORMABLE_CONV_CUDA_H_
+
+#include <cuda_runtime_api.h>
+
+#include "../deformable_conv_kernel.h"
+#include "cuda_common.h"
+
+namespace dcnv2_mx {
+
+/*!
+ * \brief How the data gradient is summed. kAtomic adds the contributions of all samples with
+ *        atomics: fastest, but the order of the additions, and so the rounding, varies from run
+ *        to run. kDeterministic sorts each tile's contributions by input pixel and lets every
+ *        input element sum its own in a fixed order: bit-identical results for the same inputs
+ *        and workspace, at some cost in time and scratch memory.
+ */
+enum class DataGradMode { kAtomic, kDeterministic };
+
+/*!
+ * \brief Tiling and scratch size of a call within `budget_bytes`: tiles of `tile` output pixels
+ *        of one image, or of `images` whole images. The mode matters for backward only. Throws
+ *        std::invalid_argument when the budget cannot hold a single pixel.
+ */
+template <typename T>
+TilePlan plan_deform_conv_gpu(const DeformConvGeometry& g, bool backward, DataGradMode mode,
+                              size_t budget_bytes);
+
+/*! \brief Forward: a.out = deformable convolution of a's inputs. */
+template <typename T>
+void deform_conv_forward_gpu(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
+                             const TilePlan& plan, Scratch scratch, cudaStream_t stream);
+
+/*!
+ * \brief Backward: writes each gradient of `a` whose pointer is not null (overwriting it).
+ *        `plan` must come from plan_deform_conv_gpu with backward = true and the same mode.
+ */
+template <typename T>
+void deform_conv_backward_gpu(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
+                              DataGradMode mode, const TilePlan& plan, Scratch scratch,
+                              cudaStream_t stream);
+
+}  // namespace dcnv2_mx
+
+#endif  // DCNV2_MX_CUDA_DEFORMABLE_CONV_CUDA_H_

@@ -1,0 +1,26 @@
+"""The CUDA kernels through the standalone C-ABI harness (standalone.py), without MXNet: forward
+and every gradient against the float64 reference in float64, float32 and float16, with atomic
+and deterministic data gradients, under forced tilings, determinism, non-finite offsets and a
+second GPU. Skipped, with the reason, where PyTorch, a GPU, nvcc or cuBLAS is missing."""
+import pytest
+
+import standalone
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """The harness library, built for this GPU (or $DCNV2_STANDALONE_LIB)."""
+    try:
+        standalone.require_gpu()
+        return standalone.Harness(standalone.build_harness())
+    except standalone.HarnessUnavailable as reason:
+        pytest.skip(f"standalone CUDA harness unavailable: {reason}")
+
+
+@pytest.mark.parametrize("check", [pytest.param(check, id=name)
+                                   for name, check in standalone.all_checks()])
+def test_kernels(harness, check):
+    try:
+        check(harness)
+    except standalone.HarnessUnavailable as reason:
+        pytest.skip(str(reason))

@@ -122,6 +122,9 @@ std::vector<unsigned> DeformConvParam::infer_shapes(
           std::to_string(g.width) + " is smaller than the dilated kernel after padding");
   // Bilinear corner offsets are 32-bit within one channel plane.
   require(r, g.in_plane() < INT_MAX, "input 'data' planes of more than 2^31 pixels are not supported");
+  // BLAS takes 32-bit sizes: one output plane and one column-matrix row must fit.
+  require(r, g.out_plane() < INT_MAX && g.channels * g.taps() < INT_MAX,
+          "output planes or C*kh*kw of more than 2^31 elements are not supported");
 
   const unsigned n = ds[0], ho = g.out_h, wo = g.out_w;
   const unsigned taps = static_cast<unsigned>(g.taps());

@@ -1,13 +1,15 @@
-"""The deformable convolutions on GPU through MXNet (mxnet-cu112 and the CUDA build of dcnv2_mx):
-CPU-vs-GPU parity of the output and every gradient in float64 and float32, float16 against the
-float64 reference, numerical gradients on the GPU, the deterministic data gradient
-(MXNET_ENFORCE_DETERMINISM), tiling under a small workspace, grad_req='add', and gpu(1).
-Skipped, with the reason, where MXNet sees no GPU."""
+"""The deformable convolutions and the modulated deformable PS-RoI pooling on GPU through MXNet
+(mxnet-cu112 and the CUDA build of dcnv2_mx): CPU-vs-GPU parity of the output and every gradient
+in float64 and float32, float16 against the float64 reference, numerical gradients on the GPU,
+the deterministic data gradient (MXNET_ENFORCE_DETERMINISM), tiling under a small workspace,
+grad_req='add', and gpu(1). Skipped, with the reason, where MXNet sees no GPU."""
 import mxnet as mx
 import numpy as np
 import pytest
 
+from psroi_reference import psroi_pooling
 from test_deformable_conv import CASES, cases
+from test_psroi_pooling import make_inputs, ours
 
 pytestmark = pytest.mark.skipif(
     mx.context.num_gpus() == 0,
@@ -133,3 +135,92 @@ def test_second_gpu_matches_cpu(make_problem, rng):
     out_grad = rng.uniform(-1, 1, problem.out_shape)
     assert_parity(run_on(mx.cpu(), problem, "float64", out_grad),
                   run_on(mx.gpu(1), problem, "float64", out_grad), "float64")
+
+
+# ----------------------------------------------------------------------------------------------
+# Modulated deformable PS-RoI pooling
+
+PSROI_PARAMS = dict(spatial_scale=0.5, output_dim=4, group_size=3, pooled_size=3,
+                    sample_per_part=2, trans_std=0.1)
+
+
+def psroi_case(seed, part=3, no_trans=False):
+    """Inputs (data, rois, trans or None, mask), parameters and an output gradient."""
+    rng = np.random.RandomState(seed)
+    data, rois, trans, mask = make_inputs(rng, part=part)
+    params = dict(PSROI_PARAMS, part_size=part, no_trans=no_trans)
+    out_grad = rng.uniform(-1, 1, (rois.shape[0], 4, 3, 3))
+    return (data, rois, None if no_trans else trans, mask), params, out_grad
+
+
+def psroi_on(ctx, inputs, params, out_grad, dtype):
+    """Output and gradients (NumPy) of the pooling computed on `ctx`."""
+    with ctx:
+        return ours(*inputs, out_grad=out_grad, dtype=dtype, **params)
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("dtype", sorted(PARITY_TOLERANCES))
+@pytest.mark.parametrize("part,no_trans", [(3, False), (2, False), (3, True)])
+def test_psroi_gpu_matches_cpu(monkeypatch, part, no_trans, dtype, deterministic):
+    monkeypatch.setenv("MXNET_ENFORCE_DETERMINISM", "1" if deterministic else "0")
+    inputs, params, out_grad = psroi_case(part, part, no_trans)
+    assert_parity(psroi_on(mx.cpu(), inputs, params, out_grad, dtype),
+                  psroi_on(mx.gpu(0), inputs, params, out_grad, dtype), dtype, "psroi")
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def test_psroi_float16_matches_the_reference(monkeypatch, deterministic):
+    monkeypatch.setenv("MXNET_ENFORCE_DETERMINISM", "1" if deterministic else "0")
+    inputs, params, out_grad = psroi_case(7)
+    # The reference gets exactly the float16 inputs.
+    inputs = tuple(a.astype(np.float16).astype(np.float64) for a in inputs)
+    out_grad = out_grad.astype(np.float16).astype(np.float64)
+    out, grads = psroi_on(mx.gpu(0), inputs, params, out_grad, "float16")
+    assert out.dtype == np.float16
+    want, want_grads = psroi_pooling(*inputs, out_grad=out_grad, **PSROI_PARAMS, part_size=3)
+    for name, value, expected in [("out", out, want)] + [
+            (k, grads[k], want_grads[k]) for k in ("data", "trans", "mask")]:
+        scale = np.abs(expected).max()
+        assert scale > 0.1, name
+        np.testing.assert_allclose(value.astype(np.float64), expected, rtol=1e-2,
+                                   atol=1e-2 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_psroi_deterministic_backward_is_reproducible(monkeypatch, dtype):
+    monkeypatch.setenv("MXNET_ENFORCE_DETERMINISM", "1")
+    rng = np.random.RandomState(3)
+    # Many overlapping RoIs of one image: every input pixel receives many contributions.
+    data, rois, trans, mask = make_inputs(rng, batch=1, num_rois=32)
+    out_grad = rng.uniform(-1, 1, (32, 4, 3, 3))
+    params = dict(PSROI_PARAMS, part_size=3)
+    first = psroi_on(mx.gpu(0), (data, rois, trans, mask), params, out_grad, dtype)
+    for _ in range(2):
+        again = psroi_on(mx.gpu(0), (data, rois, trans, mask), params, out_grad, dtype)
+        np.testing.assert_array_equal(again[0], first[0])
+        for name in first[1]:
+            np.testing.assert_array_equal(again[1][name], first[1][name], err_msg=name)
+
+
+def test_psroi_roi_outside_the_batch_pools_to_zero_on_gpu():
+    """The GPU kernels do not read the device-side batch indices back to the host: a RoI of an
+    image that is not in the batch pools to 0 and passes no gradient (the CPU raises)."""
+    inputs, params, out_grad = psroi_case(5)
+    data, rois, trans, mask = inputs
+    rois = rois.copy()
+    rois[1, 0] = data.shape[0]
+    out, grads = psroi_on(mx.gpu(0), (data, rois, trans, mask), params, out_grad, "float64")
+    assert not out[1].any() and not grads["trans"][1].any() and not grads["mask"][1].any()
+    keep = np.arange(rois.shape[0]) != 1
+    want, want_grads = psroi_on(mx.cpu(), (data, rois[keep], trans[keep], mask[keep]), params,
+                                out_grad[keep], "float64")
+    np.testing.assert_allclose(out[keep], want, rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(grads["data"], want_grads["data"], rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.skipif(mx.context.num_gpus() < 2, reason="needs a second GPU (gpu(1))")
+def test_psroi_second_gpu_matches_cpu():
+    inputs, params, out_grad = psroi_case(11)
+    assert_parity(psroi_on(mx.cpu(), inputs, params, out_grad, "float64"),
+                  psroi_on(mx.gpu(1), inputs, params, out_grad, "float64"), "float64", "psroi")

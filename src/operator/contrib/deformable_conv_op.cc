@@ -6,8 +6,6 @@
  * Inputs are positional: data, offset, [mask], weight, [bias]. The Python package wraps them in
  * keyword functions with auto-created weights (mx.sym.contrib.DeformableConvolutionV2).
  */
-#include <cctype>
-#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -136,24 +134,6 @@ MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
 }
 
 #if DCNV2_MX_WITH_CUDA
-/*!
- * \brief How the GPU backward sums the data gradient: in a fixed order when MXNet's switch for
- *        reproducible kernels, MXNET_ENFORCE_DETERMINISM, is set (to anything but 0 or false),
- *        with atomics otherwise. Read at every call.
- */
-DataGradMode data_grad_mode() {
-  const char* value = std::getenv("MXNET_ENFORCE_DETERMINISM");
-  if (value == nullptr) return DataGradMode::kAtomic;
-  std::string v(value);
-  for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  return v.empty() || v == "0" || v == "false" ? DataGradMode::kAtomic
-                                               : DataGradMode::kDeterministic;
-}
-
-cudaStream_t stream_of(const OpResource& res) {
-  return static_cast<cudaStream_t>(res.get_cuda_stream());
-}
-
 template <typename T>
 void forward_gpu(const DeformConvParam& p, const DeformConvGeometry& g,
                  std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,

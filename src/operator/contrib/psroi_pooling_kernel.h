@@ -50,10 +50,16 @@ struct PSROIPoolGeometry {
   }
 };
 
-/*! \brief Image of a RoI: rois[r, 0] truncated (the kernels check it first). */
-template <typename T>
-DCN_HD index_t roi_batch_index(const T* roi) {
-  return static_cast<index_t>(roi[0]);
+/*!
+ * \brief Image of a RoI: rois[r, 0] truncated, or -1 when it is not in [0, batch) (NaN
+ *        included). The CPU kernels reject such RoIs before reading any data; the CUDA kernels
+ *        cannot see the device-side rois without synchronising with the host, so they skip them:
+ *        such a RoI pools to 0 and passes no gradient.
+ */
+template <typename T, typename Acc>
+DCN_HD index_t roi_image(const T* roi, index_t batch) {
+  const Acc index = static_cast<Acc>(roi[0]);
+  return index >= Acc(0) && index < static_cast<Acc>(batch) ? static_cast<index_t>(index) : -1;
 }
 
 /*! \brief A RoI on the feature map, where the pooling bins are laid out. */
@@ -179,14 +185,15 @@ DCN_HD int bin_sum_and_position_grad(const T* plane, const PoolBin<Acc>& b, int 
 
 /*!
  * \brief Adds `grad` (the gradient of each used sample) to the corners of a bin's samples on
- *        one gradient plane. The caller guarantees that no other thread writes the plane.
+ *        one gradient plane through `add`: with the default PlainAdd the caller guarantees that
+ *        no other thread writes the plane; the CUDA atomic path passes an atomic add.
  */
-template <typename T, typename Acc>
+template <typename T, typename Acc, typename Add = PlainAdd>
 DCN_HD void bin_scatter(T* plane_grad, const PoolBin<Acc>& b, int samples, int height, int width,
-                        Acc grad) {
+                        Acc grad, Add add = Add()) {
   for (int ih = 0; ih < samples; ++ih)
     for (int iw = 0; iw < samples; ++iw)
-      scatter<T, Acc>(plane_grad, bin_sample(b, ih, iw, height, width), grad);
+      scatter<T, Acc, Add>(plane_grad, bin_sample(b, ih, iw, height, width), grad, 1, add);
 }
 
 /*! \brief Inputs and output of one forward call (pointers on the call's device). */
@@ -209,6 +216,163 @@ struct PSROIPoolBackwardArgs {
   T* trans_grad;
   T* mask_grad;
 };
+
+/*! \brief The offsets (2*num_classes, part, part) of RoI r, null without offsets. */
+template <typename T>
+DCN_HD const T* roi_trans(const PSROIPoolGeometry& g, const T* trans, index_t r) {
+  return trans ? trans + r * 2 * g.num_classes * g.part_cells() : nullptr;
+}
+
+/*! \brief The modulation of a bin of RoI r and class cls: mask[r, cls, part cell], 1 without. */
+template <typename T, typename Acc>
+DCN_HD Acc bin_modulation(const PSROIPoolGeometry& g, const T* mask, index_t r, int cls,
+                          const PoolBin<Acc>& b) {
+  return mask ? static_cast<Acc>(mask[(r * g.num_classes + cls) * g.part_cells() + b.part])
+              : Acc(1);
+}
+
+/*! \brief One output element (r, ctop, ph, pw) and its class. */
+struct OutputBin {
+  index_t r, ctop;
+  int ph, pw, cls;
+};
+
+/*! \brief Output element i of (R, output_dim, P, P). */
+DCN_HD OutputBin output_bin(const PSROIPoolGeometry& g, index_t i) {
+  OutputBin o;
+  const index_t bin = i % g.bins();
+  o.ctop = i / g.bins() % g.output_dim;
+  o.r = i / g.bins() / g.output_dim;
+  o.ph = static_cast<int>(bin / g.pooled_size);
+  o.pw = static_cast<int>(bin % g.pooled_size);
+  o.cls = static_cast<int>(o.ctop / g.channels_per_class());
+  return o;
+}
+
+/*! \brief Output element i: the modulated average of its bin (0 when no sample is used). */
+template <typename T, typename Acc>
+DCN_HD Acc pooled_value(const PSROIPoolGeometry& g, const PSROIPoolForwardArgs<T>& a,
+                        index_t i) {
+  const OutputBin o = output_bin(g, i);
+  const T* roi = a.rois + o.r * 5;
+  const index_t n = roi_image<T, Acc>(roi, g.batch);
+  if (n < 0) return Acc(0);
+  const PoolBin<Acc> b =
+      locate_bin<T, Acc>(g, roi_window<T, Acc>(roi, static_cast<Acc>(g.spatial_scale)),
+                         roi_trans(g, a.trans, o.r), o.cls, o.ph, o.pw);
+  const T* in_plane = a.data + (n * g.channels + g.input_channel(o.ctop, o.ph, o.pw)) *
+                                   g.in_plane();
+  int count;
+  const Acc sum = bin_sum<T, Acc>(in_plane, b, g.sample_per_part, static_cast<int>(g.height),
+                                  static_cast<int>(g.width), &count);
+  return count == 0 ? Acc(0)
+                    : bin_modulation(g, a.mask, o.r, o.cls, b) * (sum / static_cast<Acc>(count));
+}
+
+/*!
+ * \brief Scatters the data gradient of output element i (d out * mask / count per used sample)
+ *        into `grad` (N, C, H, W) through `add`.
+ */
+template <typename T, typename Acc, typename G, typename Add = PlainAdd>
+DCN_HD void scatter_bin_grad(const PSROIPoolGeometry& g, const PSROIPoolBackwardArgs<T>& a,
+                             index_t i, G* grad, Add add = Add()) {
+  const OutputBin o = output_bin(g, i);
+  const T* roi = a.in.rois + o.r * 5;
+  const index_t n = roi_image<T, Acc>(roi, g.batch);
+  if (n < 0) return;
+  const int S = g.sample_per_part, H = static_cast<int>(g.height),
+            W = static_cast<int>(g.width);
+  const PoolBin<Acc> b =
+      locate_bin<T, Acc>(g, roi_window<T, Acc>(roi, static_cast<Acc>(g.spatial_scale)),
+                         roi_trans(g, a.in.trans, o.r), o.cls, o.ph, o.pw);
+  const int count = bin_sample_count(b, S, H, W);
+  if (count == 0) return;
+  const Acc m = bin_modulation(g, a.in.mask, o.r, o.cls, b);
+  G* plane_grad = grad + (n * g.channels + g.input_channel(o.ctop, o.ph, o.pw)) * g.in_plane();
+  bin_scatter<G, Acc, Add>(plane_grad, b, S, H, W,
+                           static_cast<Acc>(a.out_grad[i]) * m / static_cast<Acc>(count), add);
+}
+
+/*!
+ * \brief Adds the data gradient of every bin that reads input channel c, RoI by RoI in order,
+ *        to plane c of `grad` (N, C, H, W). Channel c is read only by output channel
+ *        ctop = c / G^2 and by the bins of one position-sensitive group (gh, gw), so the caller
+ *        that runs one c per thread needs no atomics and gets a fixed summation order.
+ */
+template <typename T, typename Acc, typename G>
+DCN_HD void channel_data_grad(const PSROIPoolGeometry& g, const PSROIPoolBackwardArgs<T>& a,
+                              index_t c, G* grad) {
+  const index_t group_cells = static_cast<index_t>(g.group_size) * g.group_size;
+  const index_t ctop = c / group_cells;
+  const int gh = static_cast<int>(c / g.group_size % g.group_size);
+  const int gw = static_cast<int>(c % g.group_size);
+  for (index_t r = 0; r < g.rois; ++r)
+    for (int ph = 0; ph < g.pooled_size; ++ph) {
+      if (g.group_of(ph) != gh) continue;
+      for (int pw = 0; pw < g.pooled_size; ++pw)
+        if (g.group_of(pw) == gw)
+          scatter_bin_grad<T, Acc, G>(g, a, ((r * g.output_dim + ctop) * g.pooled_size + ph) *
+                                                    g.pooled_size + pw,
+                                      grad);
+    }
+}
+
+/*!
+ * \brief Writes the offset (x, y) and mask gradients, where wanted, of part cell i of
+ *        (R, num_classes, part, part): sums over the class's output channels and the cell's bins
+ *        in a fixed order, so the caller that runs one cell per thread needs no atomics. Zero
+ *        for a RoI outside the batch.
+ */
+template <typename T, typename Acc>
+DCN_HD void part_cell_grads(const PSROIPoolGeometry& g, const PSROIPoolBackwardArgs<T>& a,
+                            index_t i) {
+  const index_t cells = g.part_cells();
+  const index_t cell = i % cells, r = i / cells / g.num_classes;
+  const int cls = static_cast<int>(i / cells % g.num_classes);
+  Acc gx = Acc(0), gy = Acc(0), gm = Acc(0);
+  const T* roi = a.in.rois + r * 5;
+  const index_t n = roi_image<T, Acc>(roi, g.batch);
+  if (n >= 0) {
+    const int S = g.sample_per_part, H = static_cast<int>(g.height),
+              W = static_cast<int>(g.width);
+    const int cell_h = static_cast<int>(cell / g.part_size);
+    const int cell_w = static_cast<int>(cell % g.part_size);
+    const int per_class = g.channels_per_class();
+    const Acc trans_std = static_cast<Acc>(g.trans_std);
+    const RoiWindow<Acc> window = roi_window<T, Acc>(roi, static_cast<Acc>(g.spatial_scale));
+    const T* trans_r = roi_trans(g, a.in.trans, r);
+    const T* data_n = a.in.data + n * g.channels * g.in_plane();
+    for (index_t ctop = static_cast<index_t>(cls) * per_class; ctop < (cls + 1) * per_class;
+         ++ctop) {
+      const T* dout = a.out_grad + (r * g.output_dim + ctop) * g.bins();
+      for (int ph = 0; ph < g.pooled_size; ++ph) {
+        if (g.part_of(ph) != cell_h) continue;
+        for (int pw = 0; pw < g.pooled_size; ++pw) {
+          if (g.part_of(pw) != cell_w) continue;
+          const PoolBin<Acc> b = locate_bin<T, Acc>(g, window, trans_r, cls, ph, pw);
+          Acc sum, sum_dy, sum_dx;
+          const int count = bin_sum_and_position_grad<T, Acc>(
+              data_n + g.input_channel(ctop, ph, pw) * g.in_plane(), b, S, H, W, &sum, &sum_dy,
+              &sum_dx);
+          if (count == 0) continue;
+          const Acc d_average =
+              static_cast<Acc>(dout[ph * g.pooled_size + pw]) / static_cast<Acc>(count);
+          gm += d_average * sum;
+          // d position / d trans = trans_std * extent; d average / d position = sum / count.
+          const Acc d_sample = d_average * bin_modulation(g, a.in.mask, r, cls, b) * trans_std;
+          gx += sum_dx * d_sample * window.width;
+          gy += sum_dy * d_sample * window.height;
+        }
+      }
+    }
+  }
+  if (a.trans_grad) {
+    T* grad_x = a.trans_grad + (r * g.num_classes + cls) * 2 * cells + cell;
+    grad_x[0] = static_cast<T>(gx);
+    grad_x[cells] = static_cast<T>(gy);
+  }
+  if (a.mask_grad) a.mask_grad[i] = static_cast<T>(gm);
+}
 
 /*!
  * \brief CPU kernels. Both first check every RoI's batch index against N and throw

@@ -1,5 +1,7 @@
 #include "ext_util.h"
 
+#include <cctype>
+#include <cstdlib>
 #include <sstream>
 #include <stdexcept>
 
@@ -54,5 +56,16 @@ void infer_float_types(const char* op_name, const std::vector<std::string>& inpu
   }
   for (int& t : *out_types) t = dtype;
 }
+
+#if DCNV2_MX_WITH_CUDA
+DataGradMode data_grad_mode() {
+  const char* value = std::getenv("MXNET_ENFORCE_DETERMINISM");
+  if (value == nullptr) return DataGradMode::kAtomic;
+  std::string v(value);
+  for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return v.empty() || v == "0" || v == "false" ? DataGradMode::kAtomic
+                                               : DataGradMode::kDeterministic;
+}
+#endif
 
 }  // namespace dcnv2_mx

@@ -12,7 +12,7 @@
 
 #include "mxnet/lib_api.h"
 #if DCNV2_MX_WITH_CUDA
-#include <cuda_fp16.h>
+#include "../cuda/cuda_common.h"
 #endif
 
 namespace dcnv2_mx {
@@ -64,6 +64,18 @@ void dispatch_cpu(int dtype, Body&& body) {
 }
 
 #if DCNV2_MX_WITH_CUDA
+/*!
+ * \brief How the GPU backward passes sum gradients that many threads contribute to: in a fixed
+ *        order when MXNet's switch for reproducible kernels, MXNET_ENFORCE_DETERMINISM, is set
+ *        (to anything but 0 or false), with atomics otherwise. Read at every call.
+ */
+DataGradMode data_grad_mode();
+
+/*! \brief The CUDA stream MXNet gives a GPU call. */
+inline cudaStream_t stream_of(const mxnet::ext::OpResource& res) {
+  return static_cast<cudaStream_t>(res.get_cuda_stream());
+}
+
 /*! \brief Calls body(T{}) with T the C++ type of a GPU dtype (float16 is CUDA's __half). */
 template <typename Body>
 void dispatch_gpu(int dtype, Body&& body) {

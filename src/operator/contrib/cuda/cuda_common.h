@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "../common/host_device.h"
@@ -27,7 +28,29 @@ struct AccType<__half> {
   using type = float;
 };
 
+/*!
+ * \brief How a backward pass sums a gradient that many threads contribute to. kAtomic adds
+ *        the contributions with atomics: fastest, but the order of the additions, and so the
+ *        rounding, varies from run to run. kDeterministic lets every gradient element sum its own
+ *        contributions in a fixed order: bit-identical results for the same inputs, at some cost
+ *        in time (and, for the convolution, scratch memory).
+ */
+enum class DataGradMode { kAtomic, kDeterministic };
+
 namespace cuda {
+
+/*! \brief Whether a gradient of type T is accumulated in a wider type (float16 in float32). */
+template <typename T>
+constexpr bool kAccumulatesApart = !std::is_same<T, typename AccType<T>::type>::value;
+
+/*! \brief The accumulator of a gradient: the result itself, or float32 scratch for float16. */
+template <typename T, typename Acc>
+Acc* accumulator(T* result, Acc* scratch) {
+  if constexpr (std::is_same<T, Acc>::value)
+    return result;
+  else
+    return scratch;
+}
 
 /*! \brief Throws std::runtime_error naming `what` unless `err` is cudaSuccess. */
 inline void check(cudaError_t err, const char* what) {
@@ -90,6 +113,12 @@ void launch(void (*kernel)(index_t, Params...), index_t count, cudaStream_t stre
   if (count <= 0) return;
   kernel<<<blocks_for(count), kBlockThreads, 0, stream>>>(count, std::forward<Args>(args)...);
   check(cudaGetLastError(), "kernel launch");
+}
+
+/*! \brief dst = src, converted (float32 accumulators to float16 results). */
+template <typename T, typename Acc>
+__global__ void convert_kernel(index_t count, const Acc* src, T* dst) {
+  grid_stride(count, [&](index_t i) { dst[i] = static_cast<T>(src[i]); });
 }
 
 /*! \brief atomicAdd as a scatter() update (the data gradient's atomic path). */

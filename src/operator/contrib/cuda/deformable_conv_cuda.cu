@@ -36,7 +36,10 @@ namespace dcnv2_mx {
 
 namespace {
 
+using cuda::accumulator;
+using cuda::convert_kernel;
 using cuda::grid_stride;
+using cuda::kAccumulatesApart;
 using cuda::launch;
 
 /*! \brief Column bytes per tile the planner aims at: large GEMMs, few launches. */
@@ -286,12 +289,6 @@ __global__ void data_grad_gather_kernel(index_t count, DeformConvGeometry g, Til
   });
 }
 
-/*! \brief dst = src, converted (float32 accumulators to float16 results). */
-template <typename T, typename Acc>
-__global__ void convert_kernel(index_t count, const Acc* src, T* dst) {
-  grid_stride(count, [&](index_t i) { dst[i] = static_cast<T>(src[i]); });
-}
-
 /*!
  * \brief bias_grad[f] = sum of out_grad[:, f] over images and pixels: one block per filter,
  *        a fixed split over threads and a tree reduction, so the sum is reproducible.
@@ -333,10 +330,6 @@ size_t radix_sort_temp_bytes(index_t entries) {
               "cub::DeviceRadixSort::SortPairs (size query)");
   return bytes;
 }
-
-/*! \brief Whether float16 results are accumulated in float32 scratch (T is not its Acc). */
-template <typename T>
-constexpr bool kAccumulatesApart = !std::is_same<T, typename AccType<T>::type>::value;
 
 /*! \brief What a call holds in scratch, for a tile of plan.images x plan.tile pixels. */
 struct Layout {
@@ -392,15 +385,6 @@ template <typename T>
 size_t scratch_bytes(const DeformConvGeometry& g, const Layout& layout, index_t tile,
                      index_t images) {
   return Buffers<T>(g, layout, tile, images, Scratch{nullptr, 0}).bytes;
-}
-
-/*! \brief The accumulator of a gradient: the result itself, or float32 scratch for float16. */
-template <typename T, typename Acc>
-Acc* accumulator(T* result, Acc* scratch) {
-  if constexpr (std::is_same<T, Acc>::value)
-    return result;
-  else
-    return scratch;
 }
 
 /*! \brief Pixels per tile the planner aims at: the target, within CUB's int item counts. */

@@ -20,15 +20,6 @@
 namespace dcnv2_mx {
 
 /*!
- * \brief How the data gradient is summed. kAtomic adds the contributions of all samples with
- *        atomics: fastest, but the order of the additions, and so the rounding, varies from run
- *        to run. kDeterministic sorts each tile's contributions by input pixel and lets every
- *        input element sum its own in a fixed order: bit-identical results for the same inputs
- *        and workspace, at some cost in time and scratch memory.
- */
-enum class DataGradMode { kAtomic, kDeterministic };
-
-/*!
  * \brief Tiling and scratch size of a call within `budget_bytes`: tiles of `tile` output pixels
  *        of one image, or of `images` whole images. The mode matters for backward only. Throws
  *        std::invalid_argument when the budget cannot hold a single pixel.
@@ -43,7 +34,9 @@ void deform_conv_forward_gpu(const DeformConvGeometry& g, const DeformConvForwar
                              const TilePlan& plan, Scratch scratch, cudaStream_t stream);
 
 /*!
- * \brief Backward: writes each gradient of `a` whose pointer is not null (overwriting it).
+ * \brief Backward: writes each gradient of `a` whose pointer is not null (overwriting it). In
+ *        DataGradMode::kDeterministic each tile's data gradient contributions are sorted by input
+ *        pixel (bit-identical results for the same inputs and workspace).
  *        `plan` must come from plan_deform_conv_gpu with backward = true and the same mode.
  */
 template <typename T>

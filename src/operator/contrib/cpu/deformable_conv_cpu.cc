@@ -144,7 +144,10 @@ const T* image_mask(const DeformConvGeometry& g, const T* mask, index_t n) {
   return mask ? mask + n * g.mask_channels() * g.out_plane() : nullptr;
 }
 
-/*! \brief Samples of every tile pixel for every deformable group and tap. */
+/*!
+ * \brief Samples of every tile pixel for every deformable group and tap. Pixel coordinates are
+ *        stepped, not divided out, per sample: 64-bit divisions would dominate this loop.
+ */
 template <typename T, typename Acc>
 void build_samples(const DeformConvGeometry& g, const T* offset, const T* mask, const Tile& tile,
                    const Buffers<T, Acc>& buf) {
@@ -154,12 +157,25 @@ void build_samples(const DeformConvGeometry& g, const T* offset, const T* mask, 
   for (index_t task = 0; task < rows * chunks; ++task) {
     const index_t row = task / chunks, chunk = task - row * chunks;  // row = dgroup * K + k
     const index_t dgroup = row / g.taps(), k = row - dgroup * g.taps();
+    const index_t i = k / g.kernel_w, j = k - i * g.kernel_w;
     const index_t tb = chunk * kPixelChunk, te = std::min(pixels, tb + kPixelChunk);
+    index_t image = tb / tile.np, p = tile.p0 + tb - image * tile.np;
+    index_t ho = p / g.out_w, wo = p - ho * g.out_w;
     for (index_t t = tb; t < te; ++t) {
-      const index_t n = tile.n0 + t / tile.np, p = tile.p0 + t % tile.np;
+      const index_t n = tile.n0 + image;
       buf.samples[row * pixels + t] =
-          tap_sample<T, Acc>(g, image_offset(g, offset, n), image_mask(g, mask, n), dgroup, k, p,
-                             &buf.modulation[row * pixels + t]);
+          tap_sample_at<T, Acc>(g, image_offset(g, offset, n), image_mask(g, mask, n), dgroup, k,
+                                i, j, ho, wo, &buf.modulation[row * pixels + t]);
+      if (++wo == g.out_w) {
+        wo = 0;
+        ++ho;
+      }
+      if (++p == tile.p0 + tile.np) {  // next image of a multi-image tile
+        ++image;
+        p = tile.p0;
+        ho = p / g.out_w;
+        wo = p - ho * g.out_w;
+      }
     }
   }
 }

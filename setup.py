@@ -100,7 +100,7 @@ setup(
     packages=find_packages("python"),
     ext_modules=extensions(),
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=["numpy<1.24", "scipy-openblas32>=0.3.27"],
+    install_requires=["numpy<1.24", "scipy-openblas32>=0.3.27", "onednn-cpu-gomp==2023.2.0"],
     extras_require={"test": ["pytest", "hypothesis"],
                     "gluoncv": ["gluoncv==0.10.5.post0"],
                     "cli": ["matplotlib", "tqdm"]},

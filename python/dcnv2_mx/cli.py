@@ -69,15 +69,29 @@ def _dtype_probe(op_name, ctx, dtype):
 
 
 def _blas_summary():
-    """The BLAS that the operator library links (scipy-openblas32): configuration and threads."""
+    """The GEMM libraries that the operator library links: oneDNN (float), OpenBLAS (float64)."""
+    from dcnv2_mx import library
+
+    parts = []
+    dnnl = [p for p in library._gemm_libraries() if "dnnl" in os.path.basename(p)]
+    if dnnl:
+
+        class Version(ctypes.Structure):
+            _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int)]
+
+        version_of = ctypes.CDLL(dnnl[0]).dnnl_version
+        version_of.restype = ctypes.POINTER(Version)
+        v = version_of().contents
+        parts.append(f"float: oneDNN {v.major}.{v.minor}.{v.patch} ({os.path.realpath(dnnl[0])})")
+    else:
+        parts.append("float: oneDNN (onednn-cpu-gomp) not installed")
     try:
         import scipy_openblas32
+        config = scipy_openblas32.get_openblas_config()  # also loads the library as .dll
+        parts.append(f"float64: {config} ({scipy_openblas32.get_lib_dir()})")
     except ImportError:
-        return "scipy-openblas32 not importable"
-    config = scipy_openblas32.get_openblas_config()  # also loads the library as .dll
-    threads = getattr(scipy_openblas32.dll, "scipy_openblas_get_num_threads", None)
-    return (f"{config}" + (f", {threads()} threads" if threads else "")
-            + f" ({scipy_openblas32.get_lib_dir()})")
+        parts.append("float64: scipy-openblas32 not importable")
+    return "; ".join(parts) + "; each GEMM runs on the calling OpenMP thread"
 
 
 def cmd_info(args):

@@ -30,15 +30,28 @@ def library_candidates():
     return [os.path.join(_PACKAGE_DIR, n + ".*so") for n in names]
 
 
+def _gemm_libraries():
+    """Paths of OpenBLAS (scipy-openblas32) and oneDNN (onednn-cpu-gomp), where installed."""
+    import importlib.metadata
+
+    import scipy_openblas32
+    blas_dir = scipy_openblas32.get_lib_dir()
+    found = sorted(glob.glob(os.path.join(blas_dir, "libscipy_openblas*.so*")))[:1]
+    try:
+        dist = importlib.metadata.distribution("onednn-cpu-gomp")
+        found += [str(dist.locate_file(f)) for f in dist.files or () if f.name == "libdnnl.so.3"]
+    except importlib.metadata.PackageNotFoundError:
+        pass  # then the library's RPATH has to find it, or opening it names what is missing
+    return found
+
+
 def _open_checked(path):
     """Opens the library with ctypes and refuses one built against another MXNet version."""
     try:
-        # The BLAS that the library links; found through its RPATH when installed, and through
-        # this preload in any other layout (editable installs, build trees).
-        import scipy_openblas32
-        blas = glob.glob(os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas*.so*"))
-        if blas:
-            ctypes.CDLL(blas[0], mode=ctypes.RTLD_GLOBAL)
+        # The GEMM libraries that the library links; found through its RPATH when installed,
+        # and through these preloads in any other layout (editable installs, build trees).
+        for dependency in _gemm_libraries():
+            ctypes.CDLL(dependency, mode=ctypes.RTLD_GLOBAL)
         lib = ctypes.CDLL(path)
     except OSError as err:
         raise LibraryError(f"cannot open the dcnv2_mx library {path}: {err}") from err

@@ -98,10 +98,18 @@ struct Scratch {
 
 /*! \brief Plans the pixel tile of a call so that its scratch memory fits `budget_bytes`. */
 struct TilePlan {
-  index_t tile;           //!< output pixels of an image per tile
+  index_t tile;           //!< output pixels per tile (CUDA: of one image; CPU: of one thread)
   size_t scratch_bytes;   //!< scratch memory the call needs
-  index_t images = 1;     //!< images per tile (more than one only when tile covers an image)
+  index_t images = 1;     //!< CUDA: images per tile (more than one only when tile covers an
+                          //!< image); CPU: images per block, whose pixels the threads share
+  int threads = 1;        //!< CPU: OpenMP threads of the call, each with its own buffers
 };
+
+/*! \brief The part of a `workspace` budget one scratch block can have (MXNet takes an int). */
+size_t scratch_budget(size_t budget_bytes);
+
+/*! \brief Throws the error that names `workspace` when even the smallest tiling does not fit. */
+[[noreturn]] void throw_workspace_too_small(size_t budget_bytes, size_t needed_bytes);
 
 /*!
  * \brief Tiling of one call: the largest tile of output pixels, at most `preferred_tile`, whose

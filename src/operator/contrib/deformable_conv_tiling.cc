@@ -7,6 +7,17 @@
 
 namespace dcnv2_mx {
 
+size_t scratch_budget(size_t budget_bytes) {
+  // MXNet's allocator takes an int: one block must stay under 2 GiB.
+  return std::min(budget_bytes, static_cast<size_t>(INT_MAX) - 8 * 64);
+}
+
+void throw_workspace_too_small(size_t budget_bytes, size_t needed_bytes) {
+  throw std::invalid_argument("parameter 'workspace' (" + std::to_string(budget_bytes >> 20) +
+                              " MiB) is too small: this input needs " +
+                              std::to_string(needed_bytes) + " bytes of scratch memory at least");
+}
+
 TilePlan plan_tiles(const DeformConvGeometry& g, size_t elem_size, size_t sample_bytes,
                     bool backward, size_t budget_bytes, index_t preferred_tile,
                     size_t fixed_bytes, size_t pixel_bytes) {
@@ -14,18 +25,13 @@ TilePlan plan_tiles(const DeformConvGeometry& g, size_t elem_size, size_t sample
   const size_t col_per_pixel = static_cast<size_t>(g.channels * g.taps()) * elem_size;
   const size_t per_pixel =
       samples_per_pixel * sample_bytes + col_per_pixel * (backward ? 2 : 1) + pixel_bytes;
-  // MXNet's allocator takes an int: one block must stay under 2 GiB.
-  const size_t budget = std::min(budget_bytes, static_cast<size_t>(INT_MAX) - 8 * 64);
+  const size_t budget = scratch_budget(budget_bytes);
   index_t tile = std::min<index_t>(g.out_plane(), std::max<index_t>(preferred_tile, 1));
   if (fixed_bytes < budget)
     tile = std::min<index_t>(tile, static_cast<index_t>((budget - fixed_bytes) / per_pixel));
   else
     tile = 0;
-  if (tile < 1)
-    throw std::invalid_argument(
-        "parameter 'workspace' (" + std::to_string(budget_bytes >> 20) +
-        " MiB) is too small: this input needs " + std::to_string(fixed_bytes + per_pixel) +
-        " bytes of scratch memory at least");
+  if (tile < 1) throw_workspace_too_small(budget_bytes, fixed_bytes + per_pixel);
   const size_t t = static_cast<size_t>(tile);
   TilePlan plan;
   plan.tile = tile;

@@ -21,14 +21,18 @@ resident-set high-water mark (``VmHWM``); the suite resets it right before one r
 contender and reads it right after, so ``VmHWM - VmRSS before`` is the memory that run needed
 at its peak on top of what already existed: outputs, gradients and temporaries (inputs and
 gradient buffers are allocated beforehand). glibc would keep some freed blocks mapped and serve
-later requests from them, hiding their pages from the mark, so the suite fixes glibc's mmap
-threshold at its default of 128 KiB (``mallopt``), which returns every large block to the
-system on free. Elsewhere the memory columns read n/a.
+later requests from them, hiding their pages from the mark, so memory is measured in a child
+process (spawned, one for the whole suite) that fixes glibc's mmap threshold at 128 KiB
+(``mallopt``) before its first allocation, which returns every large block to the system on
+free. The timed runs stay in the parent with glibc's usual behaviour: with that threshold every
+call would fault in fresh pages for its outputs, which no long-running program does and which
+would add the same milliseconds to every contender. Elsewhere the memory columns read n/a.
 """
 import collections
 import ctypes
 import datetime
 import gc
+import multiprocessing
 import os
 import platform
 import statistics
@@ -73,6 +77,10 @@ QUICK_POOL_CASE = PoolCase("psroi_tiny", 8, 10, 12, 16, 3, 2)
 Result = collections.namedtuple("Result", "case times memory note")
 
 _MMAP_THRESHOLD = -3  # glibc's M_MMAP_THRESHOLD
+
+#: Calls of every contender before its memory is measured: the first calls create JIT code and
+#: MXNet's cached resources (its temporary space, kept in several copies), which later calls reuse.
+_MEMORY_WARMUP = 8
 
 
 def _shape_text(case):
@@ -206,15 +214,41 @@ class _PeakRss:
         return self._status_mib("VmHWM") - before
 
 
-def _measure(contenders, repeat, warmup, peak):
+def _time_contenders(contenders, repeat, warmup):
     times = {name: [] for name in contenders}
     for rep in range(warmup + repeat):
         for name, fn in contenders.items():
             elapsed = _timed(fn)
             if rep >= warmup:
                 times[name].append(elapsed)
-    memory = {name: peak.measure(fn) if peak else None for name, fn in contenders.items()}
-    return {name: statistics.median(t) for name, t in times.items()}, memory
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _peak_memory_child(cases, pool_case, seed):
+    """Runs in the memory child: {case name: {contender: peak MiB}}, or {} if unavailable."""
+    peak = _PeakRss()  # before any input or output of the cases is allocated
+    if not peak.available:
+        return {}
+    import dcnv2_mx  # noqa: F401  (loads the operators into this process)
+
+    rng = np.random.default_rng(seed)
+    makers = [(case, _conv_contenders) for case in cases]
+    if pool_case is not None and hasattr(mx.nd.contrib, "ModulatedDeformablePSROIPooling"):
+        makers.append((pool_case, _pool_contenders))
+    memory = {}
+    for case, make in makers:
+        contenders = make(case, mx.cpu(), rng)
+        for _ in range(_MEMORY_WARMUP):
+            for fn in contenders.values():
+                _timed(fn)
+        memory[case.name] = {name: peak.measure(fn) for name, fn in contenders.items()}
+    return memory
+
+
+def _peak_memory(cases, pool_case, seed):
+    """Peak MiB per case and contender, measured in a spawned child process (see above)."""
+    with multiprocessing.get_context("spawn").Pool(1) as child:
+        return child.apply(_peak_memory_child, (tuple(cases), pool_case, seed))
 
 
 def run(cases=CASES, pool_case=POOL_CASE, repeat=10, warmup=2, ctx=None, seed=0):
@@ -226,18 +260,17 @@ def run(cases=CASES, pool_case=POOL_CASE, repeat=10, warmup=2, ctx=None, seed=0)
     """
     ctx = ctx or mx.cpu()
     rng = np.random.default_rng(seed)
-    # Created before the first input so that every large block of the run is mmapped.
-    peak = _PeakRss() if ctx.device_type == "cpu" else None
+    memory = _peak_memory(cases, pool_case, seed) if ctx.device_type == "cpu" else {}
     for case in cases:
-        times, memory = _measure(_conv_contenders(case, ctx, rng), repeat, warmup, peak)
-        yield Result(case, times, memory, "")
+        times = _time_contenders(_conv_contenders(case, ctx, rng), repeat, warmup)
+        yield Result(case, times, memory.get(case.name, {}), "")
     if pool_case is not None:
         if not hasattr(mx.nd.contrib, "ModulatedDeformablePSROIPooling"):
             yield Result(pool_case, {}, {},
                          "skipped: ModulatedDeformablePSROIPooling is not in this build")
             return
-        times, memory = _measure(_pool_contenders(pool_case, ctx, rng), repeat, warmup, peak)
-        yield Result(pool_case, times, memory, "")
+        times = _time_contenders(_pool_contenders(pool_case, ctx, rng), repeat, warmup)
+        yield Result(pool_case, times, memory.get(pool_case.name, {}), "")
 
 
 def machine_summary(ctx=None):
@@ -281,7 +314,7 @@ def format_results(results):
                  _ratio(t["ours fwd+bwd"], t["builtin fwd+bwd"]),
                  _ms(t["builtin fwd"]), _ms(t["ours fwd"]), _ms(t["builtin fwd+bwd"]),
                  _ms(t["ours fwd+bwd"]),
-                 f"{_mib(m['builtin fwd+bwd'])} / {_mib(m['ours fwd+bwd'])}"]))
+                 f"{_mib(m.get('builtin fwd+bwd'))} / {_mib(m.get('ours fwd+bwd'))}"]))
             continue
         conv_rows.append([
             r.case.name, _shape_text(r.case),
@@ -289,7 +322,7 @@ def format_results(results):
             _ratio(t["ours fwd+bwd"], t["conv fwd+bwd"]),
             _ms(t["conv fwd"]), _ms(t["ours fwd"]), _ms(t["builtin fwd"]),
             _ms(t["conv fwd+bwd"]), _ms(t["ours fwd+bwd"]),
-            f"{_mib(m['conv fwd+bwd'])} / {_mib(m['ours fwd+bwd'])}"])
+            f"{_mib(m.get('conv fwd+bwd'))} / {_mib(m.get('ours fwd+bwd'))}"])
     tables = []
     if conv_rows:
         tables.append(format_table(

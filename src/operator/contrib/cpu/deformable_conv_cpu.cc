@@ -101,12 +101,12 @@ struct Buffers {
 };
 
 /*!
- * \brief dst[c * dst_ld + r] (=|+=) src[r * src_ld + c] for a rows x cols matrix, in
- *        cache-sized blocks, on the calling thread.
+ * \brief dst[c * dst_ld + r] = src[r * src_ld + c] (or += with kAccumulate) for a rows x cols
+ *        matrix, in cache-sized blocks, on the calling thread.
  */
-template <typename T>
+template <bool kAccumulate, typename T>
 void transpose_2d(const T* src, index_t rows, index_t cols, index_t src_ld, T* dst,
-                  index_t dst_ld, bool accumulate) {
+                  index_t dst_ld) {
   constexpr index_t kBlock = 32;
   for (index_t r0 = 0; r0 < rows; r0 += kBlock)
     for (index_t c0 = 0; c0 < cols; c0 += kBlock) {
@@ -114,7 +114,7 @@ void transpose_2d(const T* src, index_t rows, index_t cols, index_t src_ld, T* d
       for (index_t c = c0; c < c1; ++c)
         for (index_t r = r0; r < r1; ++r) {
           const T v = src[r * src_ld + c];
-          dst[c * dst_ld + r] = accumulate ? dst[c * dst_ld + r] + v : v;
+          dst[c * dst_ld + r] = kAccumulate ? dst[c * dst_ld + r] + v : v;
         }
     }
 }
@@ -130,8 +130,8 @@ void team_transpose(const T* src, index_t count, index_t rows, index_t cols, T* 
 #pragma omp for schedule(static) nowait
   for (index_t task = 0; task < count * strips; ++task) {
     const index_t m = task / strips, r0 = (task - m * strips) * kStrip;
-    transpose_2d(src + (m * rows + r0) * cols, std::min(kStrip, rows - r0), cols, cols,
-                 dst + m * rows * cols + r0, rows, false);
+    transpose_2d<false>(src + (m * rows + r0) * cols, std::min(kStrip, rows - r0), cols, cols,
+                        dst + m * rows * cols + r0, rows);
   }
 }
 
@@ -148,9 +148,12 @@ void team_transpose_sum(Part&& part, int parts, index_t count, index_t rows, ind
 #pragma omp for schedule(static) nowait
   for (index_t task = 0; task < count * strips; ++task) {
     const index_t m = task / strips, r0 = (task - m * strips) * kStrip;
-    for (int i = 0; i < parts; ++i)
-      transpose_2d(part(i) + (m * rows + r0) * cols, std::min(kStrip, rows - r0), cols, cols,
-                   dst + m * rows * cols + r0, rows, i > 0);
+    const index_t strip_rows = std::min(kStrip, rows - r0);
+    transpose_2d<false>(part(0) + (m * rows + r0) * cols, strip_rows, cols, cols,
+                        dst + m * rows * cols + r0, rows);
+    for (int i = 1; i < parts; ++i)
+      transpose_2d<true>(part(i) + (m * rows + r0) * cols, strip_rows, cols, cols,
+                         dst + m * rows * cols + r0, rows);
   }
 }
 
@@ -270,7 +273,7 @@ bool forward_gemm(const DeformConvGeometry& g, const Tile& tile, const T* weight
                     weight + grp * fg * rows_g, rows_g, T(0), own.out_tile + grp * fg, F);
   for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
     T* out_n = out + n * F * P + p;
-    transpose_2d(own.out_tile + t * F, run, F, F, out_n, P, false);
+    transpose_2d<false>(own.out_tile + t * F, run, F, F, out_n, P);
     if (bias)
       for (index_t f = 0; f < F; ++f)
         for (index_t i = 0; i < run; ++i) out_n[f * P + i] += bias[f];

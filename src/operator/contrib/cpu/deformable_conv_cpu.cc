@@ -42,6 +42,9 @@ namespace {
 /*! \brief Column tile size of one thread: it stays in a core's L2 cache for the GEMM. */
 constexpr size_t kThreadTileBytes = size_t(2) << 20;
 
+/*! \brief Partial sums of the channel reductions: one AVX-512 vector of floats. */
+constexpr int kLanes = 16;
+
 /*! \brief Image copies of one block (more images per block: fewer barriers, more memory). */
 constexpr size_t kBlockBytes = size_t(32) << 20;
 
@@ -331,20 +334,32 @@ void position_and_mask_grads(const DeformConvGeometry& g, const Tile& tile, cons
     for (index_t row = 0; row < g.deformable_groups * K; ++row) {  // row = dgroup * K + k
       const index_t dgroup = row / K, k = row - dgroup * K;
       const BilinearSample<Acc> s = own.samples[row * tile.count + t];
-      Acc sum_y = Acc(0), sum_x = Acc(0), sum_m = Acc(0);
+      // One partial sum per channel lane, added up in lane order at the end: a single running
+      // sum would keep the compiler from vectorising over channels.
+      Acc lane_y[kLanes] = {}, lane_x[kLanes] = {}, lane_m[kLanes] = {};
       if (s.valid)
         for_channel_runs(g, dgroup * cpd, (dgroup + 1) * cpd,
                          [&](index_t c0, index_t c1, index_t, index_t col_offset) {
-          const T* dcol = dcol_t + col_offset + k * cg;
-          for (index_t c = c0; c < c1; ++c) {
-            const Acc d = static_cast<Acc>(dcol[c - c0]);
+          const T* dcol = dcol_t + col_offset + k * cg - c0;
+          auto add = [&](index_t c, int lane) {
+            const Acc d = static_cast<Acc>(dcol[c]);
             Acc v, dv_dy, dv_dx;
             value_and_position_grad<T, Acc>(image + c, s, &v, &dv_dy, &dv_dx, C);
-            sum_y += d * dv_dy;
-            sum_x += d * dv_dx;
-            sum_m += d * v;
-          }
+            lane_y[lane] += d * dv_dy;
+            lane_x[lane] += d * dv_dx;
+            lane_m[lane] += d * v;
+          };
+          index_t c = c0;
+          for (; c + kLanes <= c1; c += kLanes)
+            for (int lane = 0; lane < kLanes; ++lane) add(c + lane, lane);
+          for (int lane = 0; c < c1; ++c, ++lane) add(c, lane);
         });
+      Acc sum_y = Acc(0), sum_x = Acc(0), sum_m = Acc(0);
+      for (int lane = 0; lane < kLanes; ++lane) {
+        sum_y += lane_y[lane];
+        sum_x += lane_x[lane];
+        sum_m += lane_m[lane];
+      }
       const Acc m = own.modulation[row * tile.count + t];
       if (offset_grad) {
         T* grad_y = offset_grad + (n * g.offset_channels() + dgroup * 2 * K + 2 * k) * P + p;

@@ -183,20 +183,41 @@ void for_image_runs(const DeformConvGeometry& g, const Tile& tile, Body&& body) 
 }
 
 /*!
- * \brief Calls body(c0, c1, dgroup, col_offset) for each maximal run of channels in [begin, end)
- *        that shares a deformable group and a convolution group; `col_offset` is the position of
- *        channel c0, tap 0, within a row of colT (channels of a run are contiguous there).
+ * \brief Channels [c0, c1) that share a deformable group and a convolution group; col_offset
+ *        is the position of channel c0, tap 0, within a row of colT (the channels of a run are
+ *        contiguous there).
  */
-template <typename Body>
-void for_channel_runs(const DeformConvGeometry& g, index_t begin, index_t end, Body&& body) {
-  const index_t cpd = g.channels_per_dgroup(), cg = g.channels_per_group(), K = g.taps();
-  for (index_t c0 = begin; c0 < end;) {
-    const index_t dgroup = c0 / cpd, grp = c0 / cg;
-    const index_t c1 = std::min(end, std::min((dgroup + 1) * cpd, (grp + 1) * cg));
-    body(c0, c1, dgroup, grp * K * cg + (c0 - grp * cg));
-    c0 = c1;
+struct ChannelRun {
+  index_t c0, c1, dgroup, col_offset;
+};
+
+/*!
+ * \brief The maximal channel runs of a call in channel order, listed once so that the sampling
+ *        loops, which visit them for every (pixel, tap), do no divisions.
+ */
+class ChannelRuns {
+ public:
+  explicit ChannelRuns(const DeformConvGeometry& g) {
+    const index_t cpd = g.channels_per_dgroup(), cg = g.channels_per_group(), K = g.taps();
+    for (index_t c0 = 0; c0 < g.channels;) {
+      const index_t dgroup = c0 / cpd, grp = c0 / cg;
+      const index_t c1 = std::min((dgroup + 1) * cpd, (grp + 1) * cg);
+      if (dgroup_start_.size() <= static_cast<size_t>(dgroup)) dgroup_start_.push_back(runs_.size());
+      runs_.push_back(ChannelRun{c0, c1, dgroup, grp * K * cg + (c0 - grp * cg)});
+      c0 = c1;
+    }
+    dgroup_start_.push_back(runs_.size());
   }
-}
+  const ChannelRun* begin() const { return runs_.data(); }
+  const ChannelRun* end() const { return runs_.data() + runs_.size(); }
+  /*! \brief The runs of deformable group d: [first, last). */
+  const ChannelRun* first_of(index_t d) const { return runs_.data() + dgroup_start_[d]; }
+  const ChannelRun* last_of(index_t d) const { return runs_.data() + dgroup_start_[d + 1]; }
+
+ private:
+  std::vector<ChannelRun> runs_;
+  std::vector<size_t> dgroup_start_;
+};
 
 /*! \brief Offset (and mask) planes of image n. */
 template <typename T>
@@ -246,21 +267,21 @@ U* image_of(const DeformConvGeometry& g, const Tile& tile, U* images, index_t t)
 
 /*! \brief colT[t, grp, k, c] = m * bilinear(image(t)[c], sample(dgroup(c), k, t)). */
 template <typename T, typename Acc>
-void im2col(const DeformConvGeometry& g, const Tile& tile, const T* images,
-            const ThreadBuffers<T, Acc>& own) {
+void im2col(const DeformConvGeometry& g, const ChannelRuns& runs, const Tile& tile,
+            const T* images, const ThreadBuffers<T, Acc>& own) {
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group();
   for (index_t t = 0; t < tile.count; ++t) {
     const T* image = image_of(g, tile, images, t);
     T* col_t = own.col + t * C * K;
     for (index_t k = 0; k < K; ++k)
-      for_channel_runs(g, 0, C, [&](index_t c0, index_t c1, index_t dgroup, index_t col_offset) {
-        const index_t srow = (dgroup * K + k) * tile.count + t;
+      for (const ChannelRun& run : runs) {
+        const index_t srow = (run.dgroup * K + k) * tile.count + t;
         const BilinearSample<Acc> s = own.samples[srow];  // a local copy stays in registers
         const Acc m = own.modulation[srow];
-        T* out = col_t + col_offset + k * cg;
-        for (index_t c = c0; c < c1; ++c)
-          out[c - c0] = static_cast<T>(m * gather<T, Acc>(image + c, s, C));
-      });
+        T* out = col_t + run.col_offset + k * cg - run.c0;
+        for (index_t c = run.c0; c < run.c1; ++c)
+          out[c] = static_cast<T>(m * gather<T, Acc>(image + c, s, C));
+      }
   }
 }
 
@@ -323,10 +344,10 @@ bool col_grad_gemm(const DeformConvGeometry& g, const Tile& tile, const T* weigh
  *        deformable group of the column gradient times the sample's position derivatives.
  */
 template <typename T, typename Acc>
-void position_and_mask_grads(const DeformConvGeometry& g, const Tile& tile, const T* images,
-                             const ThreadBuffers<T, Acc>& own, T* offset_grad, T* mask_grad) {
-  const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group();
-  const index_t cpd = g.channels_per_dgroup(), P = g.out_plane();
+void position_and_mask_grads(const DeformConvGeometry& g, const ChannelRuns& runs,
+                             const Tile& tile, const T* images, const ThreadBuffers<T, Acc>& own,
+                             T* offset_grad, T* mask_grad) {
+  const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group(), P = g.out_plane();
   for (index_t t = 0; t < tile.count; ++t) {
     const index_t f = tile.first + t, n = tile.n0 + f / P, p = f % P;
     const T* image = image_of(g, tile, images, t);
@@ -338,9 +359,8 @@ void position_and_mask_grads(const DeformConvGeometry& g, const Tile& tile, cons
       // sum would keep the compiler from vectorising over channels.
       Acc lane_y[kLanes] = {}, lane_x[kLanes] = {}, lane_m[kLanes] = {};
       if (s.valid)
-        for_channel_runs(g, dgroup * cpd, (dgroup + 1) * cpd,
-                         [&](index_t c0, index_t c1, index_t, index_t col_offset) {
-          const T* dcol = dcol_t + col_offset + k * cg - c0;
+        for (const ChannelRun* run = runs.first_of(dgroup); run != runs.last_of(dgroup); ++run) {
+          const T* dcol = dcol_t + run->col_offset + k * cg - run->c0;
           auto add = [&](index_t c, int lane) {
             const Acc d = static_cast<Acc>(dcol[c]);
             Acc v, dv_dy, dv_dx;
@@ -349,11 +369,11 @@ void position_and_mask_grads(const DeformConvGeometry& g, const Tile& tile, cons
             lane_x[lane] += d * dv_dx;
             lane_m[lane] += d * v;
           };
-          index_t c = c0;
-          for (; c + kLanes <= c1; c += kLanes)
+          index_t c = run->c0;
+          for (; c + kLanes <= run->c1; c += kLanes)
             for (int lane = 0; lane < kLanes; ++lane) add(c + lane, lane);
-          for (int lane = 0; c < c1; ++c, ++lane) add(c, lane);
-        });
+          for (int lane = 0; c < run->c1; ++c, ++lane) add(c, lane);
+        }
       Acc sum_y = Acc(0), sum_x = Acc(0), sum_m = Acc(0);
       for (int lane = 0; lane < kLanes; ++lane) {
         sum_y += lane_y[lane];
@@ -373,21 +393,22 @@ void position_and_mask_grads(const DeformConvGeometry& g, const Tile& tile, cons
 
 /*! \brief This thread's image gradients += the scatter of colT's gradient over the samples. */
 template <typename T, typename Acc>
-void col2im(const DeformConvGeometry& g, const Tile& tile, const ThreadBuffers<T, Acc>& own) {
+void col2im(const DeformConvGeometry& g, const ChannelRuns& runs, const Tile& tile,
+            const ThreadBuffers<T, Acc>& own) {
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group();
   for (index_t t = 0; t < tile.count; ++t) {
     T* image_grad = image_of(g, tile, own.image_grads, t);
     const T* dcol_t = own.col_grad + t * C * K;
     for (index_t k = 0; k < K; ++k)
-      for_channel_runs(g, 0, C, [&](index_t c0, index_t c1, index_t dgroup, index_t col_offset) {
-        const index_t srow = (dgroup * K + k) * tile.count + t;
+      for (const ChannelRun& run : runs) {
+        const index_t srow = (run.dgroup * K + k) * tile.count + t;
         const BilinearSample<Acc> s = own.samples[srow];
-        if (!s.valid) return;
+        if (!s.valid) continue;
         const Acc m = own.modulation[srow];
-        const T* dcol = dcol_t + col_offset + k * cg;
-        for (index_t c = c0; c < c1; ++c)
-          scatter<T, Acc>(image_grad + c, s, m * static_cast<Acc>(dcol[c - c0]), C);
-      });
+        const T* dcol = dcol_t + run.col_offset + k * cg - run.c0;
+        for (index_t c = run.c0; c < run.c1; ++c)
+          scatter<T, Acc>(image_grad + c, s, m * static_cast<Acc>(dcol[c]), C);
+      }
   }
 }
 
@@ -466,6 +487,7 @@ void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwar
                              const TilePlan& plan, Scratch scratch) {
   using Acc = typename AccType<T>::type;
   const Buffers<T, Acc> buf(g, plan, scratch, false);
+  const ChannelRuns runs(g);
   const index_t C = g.channels, HW = g.in_plane();
   bool ok = true;
 #pragma omp parallel num_threads(plan.threads) reduction(&& : ok)
@@ -480,7 +502,7 @@ void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwar
 #pragma omp barrier  // the images and the weight are ready
       for_own_tiles(g, plan, n0, n1, [&](const Tile& tile) {
         build_samples<T, Acc>(g, a.offset, a.mask, tile, own);
-        im2col<T, Acc>(g, tile, buf.images, own);
+        im2col<T, Acc>(g, runs, tile, buf.images, own);
         ok = forward_gemm<T, Acc>(g, tile, buf.weight, own, a.bias, a.out) && ok;
       });
     });
@@ -493,6 +515,7 @@ void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackw
                               const TilePlan& plan, Scratch scratch) {
   using Acc = typename AccType<T>::type;
   const Buffers<T, Acc> buf(g, plan, scratch, true);
+  const ChannelRuns runs(g);
   const index_t P = g.out_plane(), C = g.channels, HW = g.in_plane();
   const index_t rows_g = g.col_rows_per_group();
   const bool need_col_grad = a.data_grad || a.offset_grad || a.mask_grad;
@@ -516,15 +539,15 @@ void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackw
       for_own_tiles(g, plan, n0, n1, [&](const Tile& tile) {
         build_samples<T, Acc>(g, a.in.offset, a.in.mask, tile, own);
         if (a.weight_grad) {
-          im2col<T, Acc>(g, tile, buf.images, own);
+          im2col<T, Acc>(g, runs, tile, buf.images, own);
           ok = weight_grad_gemm<T, Acc>(g, tile, own, a.out_grad) && ok;
         }
         if (need_col_grad) {
           ok = col_grad_gemm<T, Acc>(g, tile, buf.weight, own, a.out_grad) && ok;
           if (a.offset_grad || a.mask_grad)
-            position_and_mask_grads<T, Acc>(g, tile, buf.images, own, a.offset_grad,
+            position_and_mask_grads<T, Acc>(g, runs, tile, buf.images, own, a.offset_grad,
                                             a.mask_grad);
-          if (a.data_grad) col2im<T, Acc>(g, tile, own);
+          if (a.data_grad) col2im<T, Acc>(g, runs, tile, own);
         }
       });
       if (a.data_grad) {

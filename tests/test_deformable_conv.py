@@ -3,6 +3,10 @@
 non-finite offsets, the symbol and Gluon APIs, gradient requests, determinism, tiling under a
 small workspace and bad input."""
 import json
+import os
+import pickle
+import subprocess
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -459,6 +463,29 @@ def test_backward_is_bit_identical_across_runs(make_problem, rng, dtype):
         np.testing.assert_array_equal(out, first_out)
         for name in first:
             np.testing.assert_array_equal(grads[name], first[name], err_msg=name)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_other_thread_counts_match_the_reference(make_problem, rng, threads):
+    """Each thread takes a share of a block's pixels and the threads' gradient parts are summed
+    at the end: with one thread, and with three (shares that end inside rows and images, more
+    threads than this machine's cores), float64 results still match the reference. The thread
+    count is read when the library loads, hence a fresh process."""
+    problem = make_problem(batch=3, channels=8, height=7, width=9, num_filter=4, num_group=2,
+                           num_deformable_group=2)
+    out_grad = rng.uniform(-1, 1, problem.out_shape)
+    script = ("import pickle, sys\n"
+              f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+              "import conftest\n"
+              "problem, out_grad = pickle.load(sys.stdin.buffer)\n"
+              "pickle.dump(problem.run_nd(out_grad=out_grad), sys.stdout.buffer)\n")
+    proc = subprocess.run([sys.executable, "-c", script], input=pickle.dumps((problem, out_grad)),
+                          capture_output=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    out, grads = pickle.loads(proc.stdout)
+    np.testing.assert_allclose(out, problem.reference(), rtol=1e-11, atol=1e-12)
+    for name, expected in problem.reference_grads(out_grad).items():
+        np.testing.assert_allclose(grads[name], expected, rtol=1e-10, atol=1e-11, err_msg=name)
 
 
 # ------------------------------------------------------------------------------------------

@@ -355,8 +355,8 @@ void position_and_mask_grads(const DeformConvGeometry& g, const ChannelRuns& run
     for (index_t row = 0; row < g.deformable_groups * K; ++row) {  // row = dgroup * K + k
       const index_t dgroup = row / K, k = row - dgroup * K;
       const BilinearSample<Acc> s = own.samples[row * tile.count + t];
-      // One partial sum per channel lane, added up in lane order at the end: a single running
-      // sum would keep the compiler from vectorising over channels.
+      // One partial sum per channel lane, added up at the end: a single running sum would keep
+      // the compiler from vectorising over channels.
       Acc lane_y[kLanes] = {}, lane_x[kLanes] = {}, lane_m[kLanes] = {};
       if (s.valid)
         for (const ChannelRun* run = runs.first_of(dgroup); run != runs.last_of(dgroup); ++run) {
@@ -374,12 +374,14 @@ void position_and_mask_grads(const DeformConvGeometry& g, const ChannelRuns& run
             for (int lane = 0; lane < kLanes; ++lane) add(c + lane, lane);
           for (int lane = 0; c < run->c1; ++c, ++lane) add(c, lane);
         }
-      Acc sum_y = Acc(0), sum_x = Acc(0), sum_m = Acc(0);
-      for (int lane = 0; lane < kLanes; ++lane) {
-        sum_y += lane_y[lane];
-        sum_x += lane_x[lane];
-        sum_m += lane_m[lane];
-      }
+      // Pairwise, in halves: each step is one vector add (a fixed order all the same).
+      for (int half = kLanes / 2; half > 0; half /= 2)
+        for (int lane = 0; lane < half; ++lane) {
+          lane_y[lane] += lane_y[lane + half];
+          lane_x[lane] += lane_x[lane + half];
+          lane_m[lane] += lane_m[lane + half];
+        }
+      const Acc sum_y = lane_y[0], sum_x = lane_x[0], sum_m = lane_m[0];
       const Acc m = own.modulation[row * tile.count + t];
       if (offset_grad) {
         T* grad_y = offset_grad + (n * g.offset_channels() + dgroup * 2 * K + 2 * k) * P + p;

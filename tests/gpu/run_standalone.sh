@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The standalone GPU check in one go, for a machine with a GPU, nvcc, cuBLAS and PyTorch (MXNet
-# is not needed): builds the C-ABI harness of the CUDA kernels, runs every check against the
-# float64 NumPy reference (a PASS/FAIL table) and times forward and forward+backward against
-# PyTorch's cuDNN 3x3 convolution (a table of ratios).
+# is not needed): builds the C-ABI harness of the CUDA kernels, runs every check of the
+# deformable convolution and the PS-RoI pooling against the float64 NumPy references (a
+# PASS/FAIL table) and times forward and forward+backward: the convolution against PyTorch's
+# cuDNN 3x3 convolution (a table of ratios), the PS-RoI pooling alone.
 #
 #   bash tests/gpu/run_standalone.sh [python]      # default: $PYTHON or python3
 #

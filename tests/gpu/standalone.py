@@ -1,10 +1,11 @@
-"""Standalone check of the CUDA deformable convolution kernels, without MXNet.
+"""Standalone check of the CUDA deformable convolution and PS-RoI pooling kernels, without MXNet.
 
 The kernels and their C ABI (src/operator/contrib/cuda/standalone_capi.cu) are built into a shared
 library with nvcc and cuBLAS, driven through ctypes on PyTorch CUDA tensors, and compared with the
-float64 NumPy reference (tests/reference.py) on the same inputs: forward and every gradient, in
-float64, float32 and float16, with atomic and deterministic data gradients, under tilings forced
-by small scratch budgets. A timing compares them with PyTorch's cuDNN 3x3 convolution.
+float64 NumPy references (tests/reference.py, tests/psroi_reference.py) on the same inputs:
+forward and every gradient, in float64, float32 and float16, with atomic and deterministic data
+gradients; for the convolution also under tilings forced by small scratch budgets. A timing
+compares the convolution with PyTorch's cuDNN 3x3 convolution and times the PS-RoI pooling alone.
 
 Needs nvcc, cuBLAS (the toolkit's, or the nvidia-cublas wheel PyTorch depends on), PyTorch with
 CUDA and a GPU; it needs neither MXNet nor a CUDA build of it. Used by test_cuda_standalone.py
@@ -12,7 +13,7 @@ CUDA and a GPU; it needs neither MXNet nor a CUDA build of it. Used by test_cuda
 
     python tests/gpu/standalone.py build   # compile the harness, print its path
     python tests/gpu/standalone.py check   # all checks, a PASS/FAIL table; exit 1 on failure
-    python tests/gpu/standalone.py bench   # timings against cuDNN
+    python tests/gpu/standalone.py bench   # timings (the convolution against cuDNN)
 
 DCNV2_STANDALONE_LIB names a prebuilt harness instead (e.g. built on a machine with nvcc).
 """
@@ -21,6 +22,7 @@ import copy
 import ctypes
 import glob
 import hashlib
+import itertools
 import os
 import shutil
 import site
@@ -39,11 +41,12 @@ if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
 from conv_problem import ConvInputs  # noqa: E402
+from psroi_reference import bin_sample_positions, part_index, psroi_pooling  # noqa: E402
 
 #: Sources of the harness: the CUDA kernels, their C ABI, tiling and parameter parsing.
-SOURCES = ("cuda/deformable_conv_cuda.cu", "cuda/standalone_capi.cu",
-           "deformable_conv_tiling.cc", "deformable_conv_param.cc", "common/attrs.cc",
-           "common/shapes.cc")
+SOURCES = ("cuda/deformable_conv_cuda.cu", "cuda/psroi_pooling_cuda.cu",
+           "cuda/standalone_capi.cu", "deformable_conv_tiling.cc", "deformable_conv_param.cc",
+           "psroi_pooling_param.cc", "common/attrs.cc", "common/shapes.cc")
 
 #: Environment variable naming a prebuilt harness library.
 ENV_LIBRARY = "DCNV2_STANDALONE_LIB"
@@ -73,6 +76,33 @@ CASES = {
 #: The tilings that small scratch budgets force (see budget_for), on TILING_CASE.
 TILINGS = ("pixel-tiles", "image-tiles")
 TILING_CASE = dict(batch=5, channels=12, height=6, width=6, num_filter=4)
+
+#: Ways of summing the data gradient: with atomics, or in a fixed order (bit-reproducible).
+MODES = ("atomic", "deterministic")
+
+#: Problems of the PS-RoI pooling checks (PSROIInputs keyword arguments): with and without
+#: mask and offsets, several classes, position-sensitive groups of 1 to 3, part cells coarser
+#: than the bins, 1 to 4 samples per bin side, and RoIs of every kind in ROI_KINDS.
+PSROI_CASES = {
+    "p3-g3-cls2-s2": dict(batch=2, output_dim=4, group_size=3, pooled_size=3, num_classes=2,
+                          special=("inverted", "outside")),
+    "p7-g1-part4-cls3-s4": dict(batch=3, output_dim=6, group_size=1, pooled_size=7, part_size=4,
+                                num_classes=3, sample_per_part=4, height=10, width=12,
+                                spatial_scale=0.0625, special=("nan-trans", "large-trans")),
+    "p5-g2-part3-s1-nomask": dict(batch=2, output_dim=2, group_size=2, pooled_size=5,
+                                  part_size=3, sample_per_part=1, with_mask=False,
+                                  special=("inverted", "large-trans")),
+    "p3-g3-cls2-notrans": dict(batch=2, output_dim=4, group_size=3, pooled_size=3, num_classes=2,
+                               no_trans=True, special=("outside",)),
+    "p4-g2-s4-notrans-nomask": dict(batch=3, output_dim=3, group_size=2, pooled_size=4,
+                                    sample_per_part=4, no_trans=True, with_mask=False,
+                                    special=("inverted",)),
+}
+
+#: The determinism check's problem: many overlapping RoIs on one image, so that the data
+#: gradient's contributions collide.
+PSROI_DETERMINISM_CASE = dict(batch=2, output_dim=4, group_size=3, pooled_size=3, num_classes=2,
+                              num_rois=24, sample_per_part=4, same_image=True)
 
 
 class HarnessUnavailable(RuntimeError):
@@ -171,6 +201,23 @@ class _Call(ctypes.Structure):
                 ("budget_bytes", ctypes.c_uint64)]
 
 
+class _PSROICall(ctypes.Structure):
+    """Mirror of DcnPsroiStandaloneCall in standalone_capi.cu."""
+    _fields_ = [("dtype", ctypes.c_int), ("num_attrs", ctypes.c_int),
+                ("keys", ctypes.POINTER(ctypes.c_char_p)),
+                ("values", ctypes.POINTER(ctypes.c_char_p)),
+                ("data_shape", ctypes.c_int64 * 4), ("num_rois", ctypes.c_int64),
+                ("num_classes", ctypes.c_int64), ("deterministic", ctypes.c_int)]
+
+
+def _attribute_strings(params):
+    """Operator parameters as the C arrays of keys and values (strings) that a call takes."""
+    attrs = {k: str(v) for k, v in params.items()}
+    keys = (ctypes.c_char_p * len(attrs))(*[k.encode() for k in attrs])
+    values = (ctypes.c_char_p * len(attrs))(*[v.encode() for v in attrs.values()])
+    return keys, values
+
+
 #: What the harness needs to know of a call: the operator (modulated: DCNv2), its keyword
 #: parameters, the data and output shapes, and the names of its positional inputs in order.
 ConvSpec = collections.namedtuple("ConvSpec", "modulated params shape out_shape inputs")
@@ -180,6 +227,32 @@ def spec_of(problem):
     """The ConvSpec of a ConvInputs problem."""
     names = [k for k in ("data", "offset", "mask", "weight", "bias") if k in problem.arrays]
     return ConvSpec(problem.modulated, problem.params, problem.shape, problem.out_shape, names)
+
+
+#: What the harness needs to know of a PS-RoI pooling call: its keyword parameters (no_trans
+#: and no_mask included), the data shape (N, output_dim*G^2, H, W), the number of RoIs R and of
+#: classes K (1 without trans and mask), the output shape (R, output_dim, P, P) and the names of
+#: its positional inputs in order.
+PSROISpec = collections.namedtuple("PSROISpec",
+                                   "params shape num_rois num_classes out_shape inputs")
+
+
+def psroi_spec(params, shape, num_rois, num_classes):
+    """The PSROISpec of a call with operator parameters `params`, data `shape` (N, C, H, W),
+    `num_rois` RoIs and `num_classes` classes."""
+    inputs = ["data", "rois"] + ([] if params.get("no_trans") else ["trans"]) + (
+        [] if params.get("no_mask") else ["mask"])
+    pooled = params["pooled_size"]
+    return PSROISpec(params, tuple(shape), num_rois, num_classes,
+                     (num_rois, params["output_dim"], pooled, pooled), inputs)
+
+
+def _gradient_buffers(inputs, wanted, poison):
+    """Uninitialised gradients like the `wanted` entries of `inputs`; NaN with `poison`, so
+    that elements the kernels fail to write show."""
+    import torch
+    return {k: torch.full_like(inputs[k], float("nan")) if poison else torch.empty_like(inputs[k])
+            for k in wanted}
 
 
 class Harness:
@@ -198,6 +271,14 @@ class Harness:
         lib.dcnv2_standalone_backward.argtypes = [
             call, ctypes.c_void_p, pointers, pointers, ctypes.c_void_p, ctypes.c_uint64,
             ctypes.c_void_p]
+        psroi_call = ctypes.POINTER(_PSROICall)
+        lib.dcnv2_standalone_psroi_scratch_bytes.argtypes = [
+            psroi_call, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
+        lib.dcnv2_standalone_psroi_forward.argtypes = [
+            psroi_call, pointers, ctypes.c_void_p, ctypes.c_void_p]
+        lib.dcnv2_standalone_psroi_backward.argtypes = [
+            psroi_call, ctypes.c_void_p, pointers, pointers, ctypes.c_void_p, ctypes.c_uint64,
+            ctypes.c_void_p]
         lib.dcnv2_standalone_last_error.restype = ctypes.c_char_p
         self.lib = lib
 
@@ -207,11 +288,18 @@ class Harness:
 
     @staticmethod
     def _call(spec, dtype, deterministic=False, budget=0):
-        attrs = {k: str(v) for k, v in spec.params.items()}
-        keys = (ctypes.c_char_p * len(attrs))(*[k.encode() for k in attrs])
-        values = (ctypes.c_char_p * len(attrs))(*[v.encode() for v in attrs.values()])
-        call = _Call(int(spec.modulated), DTYPE_CODES[dtype], len(attrs), keys, values,
+        keys, values = _attribute_strings(spec.params)
+        call = _Call(int(spec.modulated), DTYPE_CODES[dtype], len(keys), keys, values,
                      (ctypes.c_int64 * 4)(*spec.shape), int(deterministic), budget)
+        call._keep = (keys, values)  # the strings must outlive the call
+        return call
+
+    @staticmethod
+    def _psroi_call(spec, dtype, deterministic=False):
+        keys, values = _attribute_strings(spec.params)
+        call = _PSROICall(DTYPE_CODES[dtype], len(keys), keys, values,
+                          (ctypes.c_int64 * 4)(*spec.shape), spec.num_rois, spec.num_classes,
+                          int(deterministic))
         call._keep = (keys, values)  # the strings must outlive the call
         return call
 
@@ -254,14 +342,220 @@ class Harness:
         call = self._call(spec, dtype, deterministic, budget)
         _, _, scratch_bytes = self.plan(spec, dtype, True, deterministic, budget)
         scratch = torch.empty(scratch_bytes, dtype=torch.uint8, device=out_grad.device)
-        grads = {k: torch.full_like(inputs[k], float("nan")) if poison
-                 else torch.empty_like(inputs[k]) for k in wanted}
+        grads = _gradient_buffers(inputs, wanted, poison)
         self._check(self.lib.dcnv2_standalone_backward(
             ctypes.byref(call), out_grad.data_ptr(),
             self._pointers([inputs[k] for k in spec.inputs]),
             self._pointers([grads.get(k) for k in spec.inputs]), scratch.data_ptr(),
             scratch_bytes, torch.cuda.current_stream().cuda_stream))
         return grads
+
+    def psroi_scratch_bytes(self, spec, dtype, data_grad=True):
+        """Device scratch bytes of a PS-RoI pooling backward call described by a PSROISpec that
+        wants the data gradient (`data_grad`) or not; the forward takes none. No GPU needed."""
+        scratch = ctypes.c_uint64()
+        self._check(self.lib.dcnv2_standalone_psroi_scratch_bytes(
+            ctypes.byref(self._psroi_call(spec, dtype)), int(data_grad), ctypes.byref(scratch)))
+        return scratch.value
+
+    def psroi_forward(self, spec, inputs, dtype):
+        """The PS-RoI pooling output (R, output_dim, P, P) for `inputs` (CUDA tensors keyed by
+        spec.inputs), computed on the current stream."""
+        import torch
+        out = torch.empty(spec.out_shape, dtype=inputs["data"].dtype, device=inputs["data"].device)
+        self._check(self.lib.dcnv2_standalone_psroi_forward(
+            ctypes.byref(self._psroi_call(spec, dtype)),
+            self._pointers([inputs[k] for k in spec.inputs]), out.data_ptr(),
+            torch.cuda.current_stream().cuda_stream))
+        return out
+
+    def psroi_backward(self, spec, inputs, out_grad, dtype, deterministic, wanted=None,
+                       poison=True):
+        """PS-RoI pooling gradients (CUDA tensors keyed like `inputs`; only the `wanted` ones,
+        default all, the rois one zero) for the output gradient (R, output_dim, P, P), computed
+        on the current stream. With `poison` they start as NaN."""
+        import torch
+        wanted = spec.inputs if wanted is None else wanted
+        scratch_bytes = self.psroi_scratch_bytes(spec, dtype, "data" in wanted)
+        scratch = torch.empty(scratch_bytes, dtype=torch.uint8, device=out_grad.device)
+        grads = _gradient_buffers(inputs, wanted, poison)
+        self._check(self.lib.dcnv2_standalone_psroi_backward(
+            ctypes.byref(self._psroi_call(spec, dtype, deterministic)), out_grad.data_ptr(),
+            self._pointers([inputs[k] for k in spec.inputs]),
+            self._pointers([grads.get(k) for k in spec.inputs]), scratch.data_ptr(),
+            scratch_bytes, torch.cuda.current_stream().cuda_stream))
+        return grads
+
+
+# ------------------------------------------------------------------------------------------
+# PS-RoI pooling problems
+
+#: Kinds of RoI of a PSROIInputs problem: "random" (on the image, many of them partly off
+#: it), "inverted" (x2 < x1 and y2 < y1: a window 0.1 feature pixels wide), "outside" (off the
+#: image beyond any offset's reach: pools to 0), "nan-trans" (offsets of the first row of part
+#: cells NaN: those bins pool to 0), "large-trans" (offsets of +6e4, still finite in float16,
+#: and -30, which move bins off the map).
+ROI_KINDS = ("random", "inverted", "outside", "nan-trans", "large-trans")
+
+#: Least distance, in feature pixels, of every sample from the lines where it stops counting
+#: (-0.5 and size - 0.5) and, with offsets, of every used sample from the grid lines, where the
+#: offset gradient jumps. float32 positions are some 1e-5 off the reference's float64 ones, so
+#: closer samples could count or fall on either side in one and not the other.
+SAMPLE_CLEARANCE = 1e-4
+
+
+def rounded(array, dtype):
+    """`array` rounded to `dtype`, stored as float64."""
+    return np.asarray(array).astype(dtype).astype(np.float64)
+
+
+def _float32(value):
+    """A real parameter as the operators hold it (float32, like MXNet's)."""
+    return float(np.float32(value))
+
+
+def samples_used(positions, height, width):
+    """Which samples (n, 2) (y, x) count on a height x width map: both coordinates within
+    [-0.5, size - 0.5] (not NaN)."""
+    sizes = np.array([height, width], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return ((positions >= -0.5) & (positions <= sizes - 0.5)).all(axis=1)
+
+
+def samples_keep_clear(positions, height, width, offsets):
+    """Whether the samples (n, 2) (y, x) keep SAMPLE_CLEARANCE from the border lines and, with
+    `offsets` (whose gradient depends on the side of a grid line a sample lies on), used ones
+    also from the grid lines. Samples at non-finite positions never count and need no room."""
+    finite = positions[np.isfinite(positions).all(axis=1)]
+    sizes = np.array([height, width], dtype=np.float64)
+    border = np.minimum(np.abs(finite + 0.5), np.abs(finite - (sizes - 0.5)))
+    if (border < SAMPLE_CLEARANCE).any():
+        return False
+    used = finite[samples_used(finite, height, width)]
+    return not offsets or bool((np.abs(used - np.round(used)) >= SAMPLE_CLEARANCE).all())
+
+
+class PSROIInputs:
+    """One (modulated) deformable PS-RoI pooling call: its parameters, random inputs holding
+    values of `dtype` (stored as float64) and its float64 reference results (psroi_reference).
+
+    Attributes: `params` (the operator's keyword parameters, no_trans and no_mask included),
+    `spec` (PSROISpec), `roi_kinds` (the kind, ROI_KINDS, of each RoI) and `arrays` (in input
+    order: data (N, output_dim*G^2, H, W), rois (R, 5), [trans (R, 2*K, part, part)],
+    [mask (R, K, part, part)]). There are `num_rois` random RoIs, then one of each kind in
+    `special`; their batch indices cover the batch, or are all 0 with `same_image`. A RoI is
+    drawn again until its samples keep clear (samples_keep_clear) in the rounded values.
+    """
+
+    def __init__(self, rng, dtype="float64", batch=2, output_dim=4, group_size=3, height=9,
+                 width=8, pooled_size=3, part_size=0, sample_per_part=2, num_classes=1,
+                 spatial_scale=0.5, trans_std=0.1, no_trans=False, with_mask=True, num_rois=6,
+                 special=(), same_image=False):
+        self.params = dict(spatial_scale=spatial_scale, output_dim=output_dim,
+                           group_size=group_size, pooled_size=pooled_size, part_size=part_size,
+                           sample_per_part=sample_per_part, trans_std=trans_std,
+                           no_trans=no_trans, no_mask=not with_mask)
+        self.roi_kinds = ["random"] * num_rois + list(special)
+        if no_trans and {"nan-trans", "large-trans"} & set(special):
+            raise ValueError("RoIs with special offsets need offsets (no_trans=False)")
+        self.dtype = dtype
+        channels = output_dim * group_size ** 2
+        self.spec = psroi_spec(self.params, (batch, channels, height, width),
+                               len(self.roi_kinds), num_classes)
+        rois, trans, mask = zip(*[self._draw_roi(rng, kind) for kind in self.roi_kinds])
+        rois = np.array(rois)
+        if not same_image:  # every image of the batch, then random ones
+            rois[:, 0] = rng.randint(0, batch, len(rois))
+            rois[:batch, 0] = np.arange(min(batch, len(rois)))
+        self.arrays = {"data": rounded(rng.uniform(-1, 1, self.spec.shape), dtype), "rois": rois}
+        if not no_trans:
+            self.arrays["trans"] = np.array(trans)
+        if with_mask:
+            self.arrays["mask"] = np.array(mask)
+
+    @property
+    def out_shape(self):
+        return self.spec.out_shape
+
+    def _part_size(self):
+        return self.params["part_size"] or self.params["pooled_size"]
+
+    def _draw_roi(self, rng, kind, attempts=1000):
+        """(rois row (5,) with batch index 0, offsets (2*K, part, part), mask (K, part, part))
+        of a RoI of `kind`, rounded to the dtype, whose samples keep clear."""
+        _, _, height, width = self.spec.shape
+        part, classes = self._part_size(), self.spec.num_classes
+        for _ in range(attempts):
+            roi = rounded(np.concatenate([[0.0], self._roi_corners(rng, kind)]), self.dtype)
+            trans = rounded(self._roi_offsets(rng, kind), self.dtype)
+            if samples_keep_clear(self.sample_positions(roi, trans), height, width,
+                                  offsets=not self.params["no_trans"]):
+                return roi, trans, rounded(rng.uniform(0, 1, (classes, part, part)), self.dtype)
+        raise AssertionError(f"no {kind} RoI out of {attempts} keeps its samples clear")
+
+    def _roi_corners(self, rng, kind):
+        """(x1, y1, x2, y2) in image pixels of a RoI of `kind`."""
+        scale = self.params["spatial_scale"]
+        img_w, img_h = self.spec.shape[3] / scale, self.spec.shape[2] / scale
+        if kind == "outside":  # up and left by 2 to 3 image sizes, at most half an image large
+            x1, y1 = rng.uniform(-3, -2) * img_w, rng.uniform(-3, -2) * img_h
+            return x1, y1, x1 + rng.uniform(2, 0.5 * img_w), y1 + rng.uniform(2, 0.5 * img_h)
+        if kind == "inverted":
+            x1, y1 = rng.uniform(0.3, 0.9) * img_w, rng.uniform(0.3, 0.9) * img_h
+            return x1, y1, x1 - rng.uniform(2, 0.25 * img_w), y1 - rng.uniform(2, 0.25 * img_h)
+        x1, y1 = rng.uniform(-0.3, 0.7) * img_w, rng.uniform(-0.3, 0.7) * img_h
+        return x1, y1, x1 + rng.uniform(2, 0.8 * img_w), y1 + rng.uniform(2, 0.8 * img_h)
+
+    def _roi_offsets(self, rng, kind):
+        """Offsets (2*K, part, part) of a RoI of `kind`: x then y per class."""
+        part = self._part_size()
+        trans = rng.normal(0, 1, (2 * self.spec.num_classes, part, part))
+        if kind == "nan-trans":
+            trans[:, 0] = np.nan
+        elif kind == "large-trans":
+            trans[0::2, -1] = 6e4  # x of the last row of cells: far right
+            trans[1::2, 0, 0] = -30  # y of the first cell: three RoI heights up
+        return trans
+
+    def sample_positions(self, roi, trans):
+        """Positions (y, x) of every sample of one RoI, (K * P * P * S * S, 2), given its rois
+        row (5,) and offsets (2*K, part, part) (ignored with no_trans)."""
+        p = self.params
+        pooled, part = p["pooled_size"], self._part_size()
+        sampling = dict(spatial_scale=_float32(p["spatial_scale"]), pooled_size=pooled,
+                        sample_per_part=p["sample_per_part"], trans_std=_float32(p["trans_std"]))
+        positions = []
+        for cls, ph, pw in itertools.product(range(self.spec.num_classes), range(pooled),
+                                             range(pooled)):
+            cell = (part_index(ph, pooled, part), part_index(pw, pooled, part))
+            offset_xy = (0.0, 0.0) if p["no_trans"] else (trans[2 * cls][cell],
+                                                          trans[2 * cls + 1][cell])
+            positions += bin_sample_positions(roi, offset_xy, ph, pw, sampling)
+        return np.array(positions, dtype=np.float64)
+
+    def with_rois(self, rows):
+        """The problem restricted to the RoIs `rows`."""
+        subset = copy.copy(self)
+        subset.arrays = {k: v if k == "data" else v[rows] for k, v in self.arrays.items()}
+        subset.roi_kinds = [self.roi_kinds[r] for r in rows]
+        subset.spec = psroi_spec(self.params, self.spec.shape, len(rows), self.spec.num_classes)
+        return subset
+
+    def reference(self, out_grad):
+        """The float64 reference: output (R, output_dim, P, P) and the gradients of every input
+        for `out_grad` (R, output_dim, P, P), keyed like `arrays` (the rois one zero)."""
+        reference_params = {k: v for k, v in self.params.items()
+                            if k not in ("no_trans", "no_mask")}
+        out, grads = psroi_pooling(self.arrays["data"], self.arrays["rois"],
+                                   self.arrays.get("trans"), self.arrays.get("mask"),
+                                   out_grad=out_grad, **reference_params)
+        grads["rois"] = np.zeros_like(self.arrays["rois"])
+        return out, {k: grads[k] for k in self.arrays}
+
+
+def make_psroi_problem(case, dtype, seed=1234):
+    """A PSROIInputs of PSROI_CASES-style keyword arguments, inputs rounded to `dtype`."""
+    return PSROIInputs(np.random.RandomState(seed), dtype, **case)
 
 
 # ------------------------------------------------------------------------------------------
@@ -289,8 +583,7 @@ def assert_close(name, actual, expected, dtype):
 def as_dtype(problem, dtype):
     """The problem with its inputs rounded to `dtype` (stored as float64), so that the float64
     reference sees exactly the values the kernels get."""
-    rounded = {k: v.astype(dtype).astype(np.float64) for k, v in problem.arrays.items()}
-    problem.arrays = rounded
+    problem.arrays = {k: rounded(v, dtype) for k, v in problem.arrays.items()}
     return problem
 
 
@@ -299,9 +592,9 @@ def make_problem(case, dtype, seed=1234, offsets="jittered"):
     return as_dtype(ConvInputs(np.random.RandomState(seed), offsets=offsets, **case), dtype)
 
 
-def _device_inputs(problem, dtype, device):
+def _device_inputs(arrays, dtype, device):
     import torch
-    return {k: torch.from_numpy(v.astype(dtype)).to(device) for k, v in problem.arrays.items()}
+    return {k: torch.from_numpy(v.astype(dtype)).to(device) for k, v in arrays.items()}
 
 
 def _numpy(tensor):
@@ -320,29 +613,49 @@ def run_on_side_stream(body, device="cuda:0"):
     return result
 
 
+def random_out_grad(shape, dtype, seed=99):
+    """An output gradient of `shape` uniform in [-1, 1), as `dtype`."""
+    return np.random.RandomState(seed).uniform(-1, 1, shape).astype(dtype)
+
+
+def run_forward_backward(arrays, out_grad, dtype, device, forward, backward):
+    """forward(inputs) and backward(inputs, out_grad) of the harness, with `arrays` and
+    `out_grad` copied to `device` as `dtype`, on a side stream: the output and the gradients
+    (a dict) as float64 NumPy arrays."""
+    import torch
+
+    def body():
+        inputs = _device_inputs(arrays, dtype, device)
+        out = forward(inputs)
+        grads = backward(inputs, torch.from_numpy(out_grad).to(device))
+        return _numpy(out), {k: _numpy(g) for k, g in grads.items()}
+
+    return run_on_side_stream(body, device)
+
+
+def assert_results_close(out, grads, expected_out, expected_grads, dtype):
+    """The output and every gradient (dicts keyed by input) close to the expected ones."""
+    assert_close("out", out, expected_out, dtype)
+    assert sorted(grads) == sorted(expected_grads)
+    for name, grad in grads.items():
+        assert_close(name + " grad", grad, expected_grads[name], dtype)
+
+
 def compare_with_reference(harness, problem, dtype, deterministic, budget=0, device="cuda:0",
                            expected_problem=None):
     """Forward and every gradient of `problem` against the float64 reference of
     `expected_problem` (default: the same problem)."""
-    import torch
     expected_problem = expected_problem or problem
     spec = spec_of(problem)
-    out_grad = np.random.RandomState(99).uniform(-1, 1, problem.out_shape).astype(dtype)
-
-    def body():
-        inputs = _device_inputs(problem, dtype, device)
-        out = harness.forward(spec, inputs, dtype, budget)
-        grads = harness.backward(spec, inputs, torch.from_numpy(out_grad).to(device), dtype,
-                                 deterministic, budget)
-        return _numpy(out), {k: _numpy(g) for k, g in grads.items()}
-
-    out, grads = run_on_side_stream(body, device)
-    assert_close("out", out, expected_problem.reference(), dtype)
+    out_grad = random_out_grad(problem.out_shape, dtype)
+    out, grads = run_forward_backward(
+        problem.arrays, out_grad, dtype, device,
+        lambda inputs: harness.forward(spec, inputs, dtype, budget),
+        lambda inputs, dout: harness.backward(spec, inputs, dout, dtype, deterministic, budget))
     expected = expected_problem.reference_grads(out_grad.astype(np.float64))
-    assert sorted(grads) == sorted(expected)
-    for name, grad in grads.items():
+    for name in grads:
         assert np.abs(expected[name]).max() > 0.1, name  # a gradient that can be wrong
-        assert_close(name + " grad", grad, expected[name], dtype)
+    assert_results_close(out, grads, expected_problem.reference(), expected, dtype)
 
 
 def check_case(harness, case, dtype, deterministic, device="cuda:0"):
@@ -384,6 +697,18 @@ def check_tiling(harness, tiling, deterministic):
     compare_with_reference(harness, problem, "float64", deterministic, budget)
 
 
+def assert_reproducible(runs, partial_runs):
+    """Every gradient of `runs` (dicts of tensors) is bit-identical across them, and so is each
+    gradient of `partial_runs` (calls that asked for only some) to the first run's."""
+    import torch
+    for name in runs[0]:
+        for other in runs[1:]:
+            assert torch.equal(runs[0][name], other[name]), f"{name} grad differs between runs"
+    for partial in partial_runs:
+        for name, grad in partial.items():
+            assert torch.equal(grad, runs[0][name]), f"{name} grad differs when asked alone"
+
+
 def check_determinism(harness, dtype):
     """The deterministic data gradient is bit-identical across runs when many samples share
     corners; requesting only some gradients gives the same values."""
@@ -391,22 +716,18 @@ def check_determinism(harness, dtype):
     case = dict(batch=2, channels=16, height=8, width=8, num_filter=8)
     problem = make_problem(case, dtype, offsets="clustered")
     spec = spec_of(problem)
-    out_grad = np.random.RandomState(5).uniform(-1, 1, problem.out_shape).astype(dtype)
+    out_grad = random_out_grad(problem.out_shape, dtype, seed=5)
 
     def body():
-        inputs = _device_inputs(problem, dtype, "cuda:0")
+        inputs = _device_inputs(problem.arrays, dtype, "cuda:0")
         dout = torch.from_numpy(out_grad).to("cuda:0")
         runs = [harness.backward(spec, inputs, dout, dtype, True) for _ in range(3)]
         only_data = harness.backward(spec, inputs, dout, dtype, True, wanted=["data"])
         only_weight = harness.backward(spec, inputs, dout, dtype, True, wanted=["weight"])
-        return runs, only_data, only_weight
+        return runs, [only_data, only_weight]
 
-    runs, only_data, only_weight = run_on_side_stream(body)
-    for name in runs[0]:
-        for other in runs[1:]:
-            assert torch.equal(runs[0][name], other[name]), f"{name} grad differs between runs"
-    assert torch.equal(only_data["data"], runs[0]["data"])
-    assert torch.equal(only_weight["weight"], runs[0]["weight"])
+    runs, partial_runs = run_on_side_stream(body)
+    assert_reproducible(runs, partial_runs)
     expected = problem.reference_grads(out_grad.astype(np.float64))
     assert_close("data grad", _numpy(runs[0]["data"]), expected["data"], dtype)
 
@@ -432,17 +753,86 @@ def check_second_gpu(harness):
     check_case(harness, CASES["b3-k3x2-s21-p10-d21-g2-dg2"], "float64", True, device="cuda:1")
 
 
+def compare_psroi_with_reference(harness, problem, dtype, deterministic, expected=None,
+                                 device="cuda:0"):
+    """PS-RoI pooling forward and every gradient of `problem` (a PSROIInputs) against
+    expected(out_grad) -> (out, grads), by default its float64 reference. Whether the expected
+    values can catch an error is checked without a GPU (test_standalone_host.py)."""
+    spec = problem.spec
+    out_grad = random_out_grad(problem.out_shape, dtype)
+    out, grads = run_forward_backward(
+        problem.arrays, out_grad, dtype, device,
+        lambda inputs: harness.psroi_forward(spec, inputs, dtype),
+        lambda inputs, dout: harness.psroi_backward(spec, inputs, dout, dtype, deterministic))
+    expected_out, expected_grads = (expected or problem.reference)(out_grad.astype(np.float64))
+    assert_results_close(out, grads, expected_out, expected_grads, dtype)
+
+
+def check_psroi_case(harness, case, dtype, deterministic):
+    """PS-RoI pooling forward and every gradient of one PSROI_CASES problem against the float64
+    reference."""
+    compare_psroi_with_reference(harness, make_psroi_problem(case, dtype), dtype, deterministic)
+
+
+def check_psroi_determinism(harness, dtype):
+    """The deterministic PS-RoI data gradient is bit-identical across two runs when many RoIs
+    overlap on one image; requesting only some gradients gives the same values."""
+    import torch
+    problem = make_psroi_problem(PSROI_DETERMINISM_CASE, dtype)
+    spec = problem.spec
+    out_grad = random_out_grad(problem.out_shape, dtype, seed=5)
+
+    def body():
+        inputs = _device_inputs(problem.arrays, dtype, "cuda:0")
+        dout = torch.from_numpy(out_grad).to("cuda:0")
+        runs = [harness.psroi_backward(spec, inputs, dout, dtype, True) for _ in range(2)]
+        only_data = harness.psroi_backward(spec, inputs, dout, dtype, True, wanted=["data"])
+        only_trans_mask = harness.psroi_backward(spec, inputs, dout, dtype, True,
+                                                 wanted=["trans", "mask"])
+        return runs, [only_data, only_trans_mask]
+
+    runs, partial_runs = run_on_side_stream(body)
+    assert_reproducible(runs, partial_runs)
+    _, expected = problem.reference(out_grad.astype(np.float64))
+    assert_close("data grad", _numpy(runs[0]["data"]), expected["data"], dtype)
+
+
+def check_psroi_batch_index_outside(harness, dtype, deterministic):
+    """On the GPU a RoI whose batch index is not an image of the batch (-1, N, NaN) pools to 0
+    and passes no gradient (the CPU raises an error instead): the other RoIs' results equal the
+    reference of the problem without it."""
+    problem = make_psroi_problem(PSROI_CASES["p3-g3-cls2-s2"], dtype)
+    batch, num_rois = problem.spec.shape[0], problem.spec.num_rois
+    outside, kept = [1, 2, 3], [r for r in range(num_rois) if r not in (1, 2, 3)]
+    bad = copy.copy(problem)
+    bad.arrays = dict(problem.arrays, rois=problem.arrays["rois"].copy())
+    bad.arrays["rois"][outside, 0] = [-1, batch, np.nan]
+    valid = problem.with_rois(kept)
+
+    def expected(out_grad):
+        out, grads = valid.reference(out_grad[kept])
+        full_out = np.zeros(problem.out_shape)
+        full_out[kept] = out
+        full_grads = {"data": grads["data"]}
+        for name in problem.arrays.keys() - {"data"}:  # per RoI: zero for the skipped ones
+            full_grads[name] = np.zeros_like(problem.arrays[name])
+            full_grads[name][kept] = grads[name]
+        return full_out, full_grads
+
+    compare_psroi_with_reference(harness, bad, dtype, deterministic, expected)
+
+
 def all_checks():
     """(name, function) of every check: the pytest module parametrizes over the same list."""
     checks = []
     for case_name, case in CASES.items():
         for dtype in TOLERANCES:
-            for mode in ("atomic", "deterministic"):
+            for mode in MODES:
                 checks.append((f"{case_name}-{dtype}-{mode}",
                                lambda h, c=case, d=dtype, m=mode:
                                check_case(h, c, d, m == "deterministic")))
     for tiling in TILINGS:
-        for mode in ("atomic", "deterministic"):
+        for mode in MODES:
             checks.append((f"tiling-{tiling}-{mode}",
                            lambda h, t=tiling, m=mode: check_tiling(h, t, m == "deterministic")))
     for dtype in TOLERANCES:
@@ -450,6 +840,19 @@ def all_checks():
     checks.append(("non-finite-offsets-float32",
                    lambda h: check_non_finite_offsets(h, "float32")))
     checks.append(("second-gpu-float64", check_second_gpu))
+    for case_name, case in PSROI_CASES.items():
+        for dtype in TOLERANCES:
+            for mode in MODES:
+                checks.append((f"psroi-{case_name}-{dtype}-{mode}",
+                               lambda h, c=case, d=dtype, m=mode:
+                               check_psroi_case(h, c, d, m == "deterministic")))
+    for dtype in TOLERANCES:
+        checks.append((f"psroi-determinism-{dtype}",
+                       lambda h, d=dtype: check_psroi_determinism(h, d)))
+    for mode in MODES:
+        checks.append((f"psroi-batch-index-outside-float32-{mode}",
+                       lambda h, m=mode:
+                       check_psroi_batch_index_outside(h, "float32", m == "deterministic")))
     return checks
 
 
@@ -464,7 +867,7 @@ def require_gpu():
 
 
 # ------------------------------------------------------------------------------------------
-# Timing against cuDNN
+# Timings: the convolution against cuDNN, the PS-RoI pooling alone
 
 #: (N, C, H, W, F) of the timing: ResNet stages conv3-conv5 at a 512x512 input, where DCNv2 goes.
 BENCH_SHAPES = [(8, 128, 64, 64, 128), (8, 256, 32, 32, 256), (8, 512, 16, 16, 512)]
@@ -532,6 +935,56 @@ def bench(harness, shapes=BENCH_SHAPES, dtypes=("float32", "float16")):
 BENCH_HEADER = ["shape NxCxHxW->F", "dtype", "dcn fwd", "cudnn fwd", "ratio", "dcn f+b atomic",
                 "dcn f+b determ.", "cudnn f+b", "ratio atomic", "ratio determ."]
 
+#: The PS-RoI pooling timing: the modulated deformable RoI head of an 800x1088 image at stride
+#: 16, 256 channels (group_size 1, one class), 512 RoIs, 7x7 bins of 2x2 samples.
+PSROI_BENCH_PARAMS = dict(spatial_scale=0.0625, output_dim=256, group_size=1, pooled_size=7,
+                          part_size=7, sample_per_part=2, trans_std=0.1, no_trans=False,
+                          no_mask=False)
+PSROI_BENCH_SHAPE, PSROI_BENCH_ROIS = (1, 256, 50, 68), 512
+
+
+def bench_psroi(harness, dtypes=("float32", "float16")):
+    """Rows of timings (ms) of the PS-RoI pooling of PSROI_BENCH_*: forward, and forward and
+    backward (data, trans and mask gradients) with the atomic and the deterministic data
+    gradient. No baseline: PyTorch has no deformable PS-RoI pooling."""
+    import torch
+    dev = "cuda:0"
+    spec = psroi_spec(PSROI_BENCH_PARAMS, PSROI_BENCH_SHAPE, PSROI_BENCH_ROIS, 1)
+    n, _, h, w = PSROI_BENCH_SHAPE
+    image_size = torch.tensor([w, h], device=dev) / PSROI_BENCH_PARAMS["spatial_scale"]
+    generator = torch.Generator(device=dev).manual_seed(0)
+    # RoIs of 32 to 288 pixels a side, top-left corners (x1, y1) in the first 80% of the image.
+    corner = torch.rand(PSROI_BENCH_ROIS, 2, device=dev, generator=generator) * 0.8 * image_size
+    size = 32 + torch.rand(PSROI_BENCH_ROIS, 2, device=dev, generator=generator) * 256
+    rois = torch.cat([torch.zeros(PSROI_BENCH_ROIS, 1, device=dev), corner, corner + size], 1)
+    part = PSROI_BENCH_PARAMS["part_size"]
+    rows = []
+    for dtype in dtypes:
+        inputs = {"data": torch.randn(spec.shape, device=dev, generator=generator), "rois": rois,
+                  "trans": torch.randn(PSROI_BENCH_ROIS, 2, part, part, device=dev,
+                                       generator=generator),
+                  "mask": torch.rand(PSROI_BENCH_ROIS, 1, part, part, device=dev,
+                                     generator=generator)}
+        inputs = {k: v.to(getattr(torch, dtype)) for k, v in inputs.items()}
+        dout = torch.randn(spec.out_shape, device=dev, generator=generator).to(inputs["data"].dtype)
+        wanted = ["data", "trans", "mask"]
+
+        def forward():
+            harness.psroi_forward(spec, inputs, dtype)
+
+        def forward_backward(deterministic):
+            harness.psroi_forward(spec, inputs, dtype)
+            harness.psroi_backward(spec, inputs, dout, dtype, deterministic, wanted, poison=False)
+
+        rows.append([f"{n}x{spec.shape[1]}x{h}x{w}, {PSROI_BENCH_ROIS} RoIs, 7x7x2x2", dtype,
+                     _time_ms(forward), _time_ms(lambda: forward_backward(False)),
+                     _time_ms(lambda: forward_backward(True))])
+    return rows
+
+
+PSROI_BENCH_HEADER = ["PS-RoI pooling NxCxHxW, RoIs, PxPxSxS", "dtype", "fwd", "f+b atomic",
+                      "f+b determ."]
+
 
 def format_table(header, rows):
     """Plain-text table; floats with three significant digits."""
@@ -561,6 +1014,9 @@ def main(argv):
         print(format_table(BENCH_HEADER, bench(harness)))
         print("times in ms per call; f+b = forward + backward of every input; the offset/mask "
               "convolution of a DCNv2 layer is not included")
+        print()
+        print(format_table(PSROI_BENCH_HEADER, bench_psroi(harness)))
+        print("times in ms per call; f+b = forward + backward of data, trans and mask")
         return 0
     rows, failed = [], 0
     for name, check in all_checks():

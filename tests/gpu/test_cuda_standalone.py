@@ -1,7 +1,9 @@
 """The CUDA kernels through the standalone C-ABI harness (standalone.py), without MXNet: forward
-and every gradient against the float64 reference in float64, float32 and float16, with atomic
-and deterministic data gradients, under forced tilings, determinism, non-finite offsets and a
-second GPU. Skipped, with the reason, where PyTorch, a GPU, nvcc or cuBLAS is missing."""
+and every gradient of the deformable convolution and the PS-RoI pooling against the float64
+references in float64, float32 and float16, with atomic and deterministic data gradients; for
+the convolution also under forced tilings, non-finite offsets and on a second GPU; determinism
+of both; RoIs whose batch index is outside the batch. Skipped, with the reason, where PyTorch, a
+GPU, nvcc or cuBLAS is missing."""
 import pytest
 
 import standalone

@@ -1,13 +1,16 @@
 """The host-side pieces of the standalone GPU check, which run without a GPU: the comparison
-rule, the problems, the build command and the tiling plans of the harness (planning needs no
-device except for the deterministic backward). The plans need nvcc and cuBLAS to build the
-harness and are skipped, with the reason, without them."""
+rule, the problems, the build command, the tiling plans of the harness (planning needs no
+device except for the deterministic backward) and its PS-RoI pooling scratch sizes and
+parameter checks. Those need nvcc and cuBLAS to build the harness and are skipped, with the
+reason, without them."""
+import ctypes
 import os
 
 import numpy as np
 import pytest
 
 import standalone
+from psroi_reference import roi_window
 
 
 @pytest.mark.parametrize("dtype", sorted(standalone.TOLERANCES))
@@ -95,3 +98,187 @@ def test_plan_errors_name_the_parameter(harness):
         params=dict(kernel=(3, 3), num_filter=4, num_group=4))
     with pytest.raises(RuntimeError, match="num_group"):
         harness.plan(bad, "float32")
+
+
+# ------------------------------------------------------------------------------------------
+# PS-RoI pooling
+
+PSROI_PROBLEMS = [(name, dtype) for name in standalone.PSROI_CASES
+                  for dtype in sorted(standalone.TOLERANCES)]
+
+
+@pytest.mark.parametrize("name,dtype", PSROI_PROBLEMS)
+def test_psroi_problems_are_well_formed_and_rounded_to_the_dtype(name, dtype):
+    problem = standalone.make_psroi_problem(standalone.PSROI_CASES[name], dtype)
+    spec, params = problem.spec, problem.params
+    assert list(problem.arrays) == spec.inputs
+    batch, channels, height, width = spec.shape
+    assert channels == params["output_dim"] * params["group_size"] ** 2
+    part = params["part_size"] or params["pooled_size"]
+    expected_shapes = {"data": spec.shape, "rois": (spec.num_rois, 5),
+                       "trans": (spec.num_rois, 2 * spec.num_classes, part, part),
+                       "mask": (spec.num_rois, spec.num_classes, part, part)}
+    for key, array in problem.arrays.items():
+        assert array.shape == expected_shapes[key], key
+        assert array.dtype == np.float64
+        np.testing.assert_array_equal(standalone.rounded(array, dtype), array, key)
+    batch_index = problem.arrays["rois"][:, 0]
+    assert set(batch_index) == set(range(batch))  # every image, one index per RoI
+    assert len(problem.roi_kinds) == spec.num_rois
+    trans = problem.arrays.get("trans")
+    for r in range(spec.num_rois):
+        positions = problem.sample_positions(problem.arrays["rois"][r],
+                                             None if trans is None else trans[r])
+        assert standalone.samples_keep_clear(positions, height, width, trans is not None), r
+
+
+def test_samples_keep_clear_of_borders_and_grid_lines():
+    clearance = standalone.SAMPLE_CLEARANCE
+    inside = np.array([[1.5, 2.25], [np.nan, 0.0], [np.inf, 9.0]])
+    assert standalone.samples_keep_clear(inside, 5, 6, offsets=True)
+    on_grid_line = np.array([[1.5, 2.0 + clearance / 2]])
+    assert standalone.samples_keep_clear(on_grid_line, 5, 6, offsets=False)
+    assert not standalone.samples_keep_clear(on_grid_line, 5, 6, offsets=True)
+    for border in ([[-0.5 - clearance / 2, 1.3]], [[1.3, 5.5 + clearance / 2]]):
+        assert not standalone.samples_keep_clear(np.array(border), 5, 6, offsets=False)
+    np.testing.assert_array_equal(
+        standalone.samples_used(np.array([[-0.5, 5.5], [-0.51, 1.0], [np.nan, 1.0]]), 5, 6),
+        [True, False, False])
+
+
+def _has_roi_partly_off_the_map(problem):
+    """Whether a random RoI's window (before offsets) overlaps the map and sticks out of it."""
+    _, _, height, width = problem.spec.shape
+    for roi, kind in zip(problem.arrays["rois"], problem.roi_kinds):
+        start_h, start_w, roi_h, roi_w = roi_window(roi, problem.params["spatial_scale"])
+        spans = [(start_h, start_h + roi_h, height), (start_w, start_w + roi_w, width)]
+        overlaps = all(start < size - 0.5 and end > -0.5 for start, end, size in spans)
+        sticks_out = any(start < -0.5 or end > size - 0.5 for start, end, size in spans)
+        if kind == "random" and overlaps and sticks_out:
+            return True
+    return False
+
+
+def test_psroi_cases_cover_the_semantics():
+    problems = [standalone.make_psroi_problem(case, "float64")
+                for case in standalone.PSROI_CASES.values()]
+    features = {
+        "mask": lambda p: not p.params["no_mask"],
+        "no mask": lambda p: p.params["no_mask"],
+        "offsets": lambda p: not p.params["no_trans"],
+        "no_trans with mask": lambda p: p.params["no_trans"] and not p.params["no_mask"],
+        "no_trans without mask": lambda p: p.params["no_trans"] and p.params["no_mask"],
+        "several classes": lambda p: p.spec.num_classes > 1,
+        "group_size > 1": lambda p: p.params["group_size"] > 1,
+        "groups of several bins": lambda p: p.params["group_size"] not in (
+            1, p.params["pooled_size"]),
+        "part_size != pooled_size": lambda p: p.params["part_size"] not in (
+            0, p.params["pooled_size"]),
+        "sample_per_part 1": lambda p: p.params["sample_per_part"] == 1,
+        "sample_per_part 4": lambda p: p.params["sample_per_part"] == 4,
+        "spatial_scale 1/16": lambda p: p.params["spatial_scale"] == 0.0625,
+        "a RoI partly off the map": _has_roi_partly_off_the_map,
+    }
+    for kind in standalone.ROI_KINDS:
+        features[f"a {kind} RoI"] = lambda p, k=kind: k in p.roi_kinds
+    missing = [name for name, has in features.items() if not any(map(has, problems))]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name,dtype", PSROI_PROBLEMS)
+def test_psroi_references_can_catch_errors(name, dtype):
+    """Every expected output and gradient of a check is far from zero somewhere, RoIs that
+    reach no sample pool to exactly 0, inverted RoIs pool a small window and the special
+    offsets move some bins off the map."""
+    problem = standalone.make_psroi_problem(standalone.PSROI_CASES[name], dtype)
+    out_grad = standalone.random_out_grad(problem.out_shape, dtype).astype(np.float64)
+    out, grads = problem.reference(out_grad)
+    assert np.abs(out).max() > 0.1
+    for key, grad in grads.items():
+        if key == "rois":
+            assert (grad == 0).all()
+        else:
+            assert np.abs(grad).max() > 0.1, key
+    for r, kind in enumerate(problem.roi_kinds):
+        if kind == "outside":
+            assert (out[r] == 0).all()
+        if kind == "inverted":
+            assert np.abs(out[r]).max() > 0
+        if kind in ("nan-trans", "large-trans"):  # some bins moved off the map, not all
+            assert (out[r] == 0).any() and (out[r] != 0).any()
+
+
+@pytest.mark.parametrize("name,dtype", [(n, d) for n, d in PSROI_PROBLEMS if d != "float16"])
+def test_psroi_problems_pass_on_the_cpu_operator(name, dtype):
+    """The CPU operator runs the same per-element code (psroi_pooling_kernel.h) as the CUDA
+    kernels: it meets the checks' tolerances on their problems, so the problems keep clear of
+    float32's rounding and a failing GPU check points at the CUDA code."""
+    mx = pytest.importorskip("mxnet")
+    pytest.importorskip("dcnv2_mx")
+    problem = standalone.make_psroi_problem(standalone.PSROI_CASES[name], dtype)
+    out_grad = standalone.random_out_grad(problem.out_shape, dtype)
+    arrays = {k: mx.nd.array(v, dtype=dtype) for k, v in problem.arrays.items()}
+    for array in arrays.values():
+        array.attach_grad()
+    params = {k: v for k, v in problem.params.items() if k != "no_mask"}  # set from the inputs
+    with mx.autograd.record():
+        out = mx.nd.contrib.ModulatedDeformablePSROIPooling(**arrays, **params)
+    out.backward(mx.nd.array(out_grad, dtype=dtype))
+    expected_out, expected_grads = problem.reference(out_grad.astype(np.float64))
+    standalone.assert_results_close(out.asnumpy(), {k: a.grad.asnumpy() for k, a in arrays.items()},
+                                    expected_out, expected_grads, dtype)
+
+
+def small_psroi_spec(num_rois=5, num_classes=2, **changes):
+    """The PSROISpec of a small call on data (2, 36, 9, 8), parameters changed by `changes`."""
+    params = dict(spatial_scale=0.5, output_dim=4, group_size=3, pooled_size=3, part_size=0,
+                  sample_per_part=2, trans_std=0.1, no_trans=False, no_mask=False)
+    params.update(changes)
+    return standalone.psroi_spec(params, (2, 36, 9, 8), num_rois, num_classes)
+
+
+@pytest.mark.parametrize("dtype", sorted(standalone.DTYPE_CODES))
+def test_psroi_scratch_is_a_float32_data_gradient_for_float16_only(harness, dtype):
+    spec = small_psroi_spec()
+    assert harness.psroi_scratch_bytes(spec, dtype) == (
+        4 * 2 * 36 * 9 * 8 if dtype == "float16" else 0)
+    assert harness.psroi_scratch_bytes(spec, dtype, data_grad=False) == 0
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(pooled_size=0), r"'pooled_size' must be >= 1"),
+    (dict(part_size=-1), r"'part_size' must be >= 1 \(or 0 for pooled_size\)"),
+    (dict(output_dim=5), r"'data' has 36 channels but output_dim\*group_size\^2 = 5"),
+    (dict(num_classes=3),
+     r"'output_dim' \(4\) must be divisible by the number of classes \(3\) of input 'trans'"),
+    (dict(pooling_size=3), r"unknown parameter 'pooling_size'"),
+    (dict(trans_std=float("nan")), r"'trans_std' = 'nan': expected a finite number"),
+    (dict(no_trans=True, no_mask=True), r"num_classes must be 1 without trans and mask"),
+    (dict(num_rois=0), r"input 'rois' dimension 0"),
+])
+def test_psroi_errors_name_the_parameter(harness, changes, message):
+    with pytest.raises(RuntimeError, match=message):
+        harness.psroi_scratch_bytes(small_psroi_spec(**changes), "float32")
+
+
+def test_psroi_missing_scale_is_an_error(harness):
+    spec = small_psroi_spec()
+    spec = spec._replace(params={k: v for k, v in spec.params.items() if k != "spatial_scale"})
+    with pytest.raises(RuntimeError, match="parameter 'spatial_scale' is required"):
+        harness.psroi_scratch_bytes(spec, "float32")
+
+
+def test_psroi_backward_refuses_short_scratch_before_touching_the_device(harness):
+    """float16 needs float32 scratch for the data gradient; a short block is refused before
+    any launch (so no GPU is needed, and the pointers are never used)."""
+    spec = small_psroi_spec()
+    call = harness._psroi_call(spec, "float16")
+    fake = ctypes.c_void_p(256)  # never dereferenced: the call fails first
+    inputs = (ctypes.c_void_p * 4)(fake, fake, fake, fake)
+    grads = (ctypes.c_void_p * 4)(fake, None, None, None)
+    needed = harness.psroi_scratch_bytes(spec, "float16")
+    rc = harness.lib.dcnv2_standalone_psroi_backward(ctypes.byref(call), fake, inputs, grads,
+                                                     fake, needed - 1, None)
+    assert rc == -1
+    assert harness.lib.dcnv2_standalone_last_error().decode() == (
+        f"scratch of {needed - 1} bytes, but the backward call needs {needed}")

@@ -512,6 +512,19 @@ def test_tiny_workspace_tiles_and_stays_exact(make_problem, rng, width, modulate
                                        err_msg=f"{name}, workspace {workspace}")
 
 
+def test_workspace_too_small_for_every_threads_gradient_copy_still_works(make_problem, rng):
+    """Backward gives each thread its own copy of the image gradient: a float64 image of
+    64*28*28*8 = 392 KiB fits workspace=1 (MiB) once or twice but not with two threads' copies,
+    so the planner has to fall back to fewer threads (or fail) rather than overrun."""
+    problem = make_problem(batch=1, channels=64, height=28, width=28, num_filter=4,
+                           num_deformable_group=2)
+    out_grad = rng.uniform(-1, 1, problem.out_shape)
+    out, grads = problem.run_nd(out_grad=out_grad, workspace=1)
+    np.testing.assert_allclose(out, problem.reference(), rtol=1e-11, atol=1e-11)
+    for name, expected in problem.reference_grads(out_grad).items():
+        np.testing.assert_allclose(grads[name], expected, rtol=1e-10, atol=1e-11, err_msg=name)
+
+
 def test_workspace_too_small_for_the_image_is_a_clear_error(make_problem):
     problem = make_problem(batch=1, channels=64, height=48, width=48, num_filter=2)
     with pytest.raises(MXNetError, match="'workspace'"):

@@ -44,6 +44,12 @@ def find_target_mxnet():
                        "'numpy<1.24' (or mxnet-cu112==1.9.1 for GPUs)")
 
 
+#: float GEMMs (pyproject.toml asks for its headers); where PyPI has no oneDNN wheel, OpenBLAS
+#: does them (CMakeLists.txt, DCNV2_MX_ONEDNN).
+ONEDNN_REQUIREMENT = ("onednn-cpu-gomp==2023.2.0; "
+                      "sys_platform == 'linux' and platform_machine == 'x86_64'")
+
+
 class CMakeExtension(Extension):
     def __init__(self, name, cuda):
         super().__init__(name, sources=[])
@@ -73,6 +79,8 @@ class CMakeBuild(build_ext):
             f"-DDCNV2_MX_NATIVE={os.environ.get('DCNV2_MX_NATIVE', 'ON')}",
             f"-DDCNV2_MX_CUDA_ARCHS={os.environ.get('DCNV2_MX_CUDA_ARCHS', '')}",
         ]
+        if "DCNV2_MX_ONEDNN" in os.environ:  # ON/OFF; by default CMake picks by platform
+            cmake_args.append(f"-DDCNV2_MX_ONEDNN={os.environ['DCNV2_MX_ONEDNN']}")
         if shutil.which("ninja"):
             cmake_args += ["-G", "Ninja"]
         subprocess.check_call(["cmake", "-S", HERE, "-B", build_dir] + cmake_args)
@@ -100,7 +108,7 @@ setup(
     packages=find_packages("python"),
     ext_modules=extensions(),
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=["numpy<1.24", "scipy-openblas32>=0.3.27", "onednn-cpu-gomp==2023.2.0"],
+    install_requires=["numpy<1.24", "scipy-openblas32>=0.3.27", ONEDNN_REQUIREMENT],
     extras_require={"test": ["pytest", "hypothesis"],
                     "gluoncv": ["gluoncv==0.10.5.post0"],
                     "cli": ["matplotlib", "tqdm"]},

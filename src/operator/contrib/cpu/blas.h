@@ -4,9 +4,11 @@
  *
  * float: oneDNN's sgemm (PyPI's onednn-cpu-gomp), the GEMM behind MXNet's own CPU kernels; on
  * the column shapes of this operator it is about 25% faster than OpenBLAS. Called inside an
- * OpenMP parallel region it runs on the calling thread only. oneDNN has no double GEMM, so
- * double goes to OpenBLAS (PyPI's scipy-openblas32, whose `scipy_` symbol prefix never clashes
- * with the OpenBLAS inside libmxnet.so), made single-threaded by init_blas().
+ * OpenMP parallel region it runs on the calling thread only. PyPI has oneDNN for x86-64 Linux
+ * only; builds without it (DCNV2_MX_WITH_ONEDNN unset) use OpenBLAS for float as well. oneDNN
+ * has no double GEMM, so double always goes to OpenBLAS (PyPI's scipy-openblas32, whose
+ * `scipy_` symbol prefix never clashes with the OpenBLAS inside libmxnet.so), made
+ * single-threaded by init_blas().
  *
  * The kernels split their GEMMs across the OpenMP threads that run the sampling loops, one pool
  * of threads for everything, so BLAS threads never spin on cores that OpenMP needs.
@@ -15,7 +17,9 @@
 #define DCNV2_MX_CPU_BLAS_H_
 
 #include <cblas.h>
+#if DCNV2_MX_WITH_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
+#endif
 
 namespace dcnv2_mx {
 namespace cpu {
@@ -27,8 +31,15 @@ namespace cpu {
  */
 inline bool gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a,
                  int lda, const float* b, int ldb, float beta, float* c, int ldc) {
+#if DCNV2_MX_WITH_ONEDNN
   return dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb,
                     beta, c, ldc) == dnnl_success;
+#else
+  scipy_cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                    trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                    ldc);
+  return true;
+#endif
 }
 
 inline bool gemm(bool trans_a, bool trans_b, int m, int n, int k, double alpha, const double* a,

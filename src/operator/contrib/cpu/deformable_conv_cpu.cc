@@ -305,21 +305,35 @@ bool forward_gemm(const DeformConvGeometry& g, const Tile& tile, const T* weight
   return ok;
 }
 
+/*!
+ * \brief Calls gemm(dout, t, run, grp) for each run of the tile's pixels that lies in one image
+ *        and each convolution group: `dout` points at out_grad[n, grp * F/G, p] (rows of
+ *        Ho * Wo elements) and the run is tile pixels [t, t + run). True if every call was.
+ */
+template <typename T, typename Gemm>
+bool for_out_grad_blocks(const DeformConvGeometry& g, const Tile& tile, const T* out_grad,
+                         Gemm&& gemm) {
+  const index_t P = g.out_plane(), fg = g.filters_per_group();
+  bool ok = true;
+  for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
+    for (int grp = 0; grp < g.groups; ++grp)
+      ok &= gemm(out_grad + (n * g.filters + grp * fg) * P + p, t, run, grp);
+  });
+  return ok;
+}
+
 /*! \brief This thread's weight gradient += dout x colT over the tile's pixels. */
 template <typename T, typename Acc>
 bool weight_grad_gemm(const DeformConvGeometry& g, const Tile& tile,
                       const ThreadBuffers<T, Acc>& own, const T* out_grad) {
   const index_t P = g.out_plane(), CK = g.channels * g.taps();
   const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
-  bool ok = true;
-  for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
-    for (int grp = 0; grp < g.groups; ++grp)
-      ok &= cpu::gemm(false, false, fg, rows_g, run, T(1),
-                      out_grad + (n * g.filters + grp * fg) * P + p, P,
-                      own.col + t * CK + grp * rows_g, CK, T(1),
-                      own.weight_grad + grp * fg * rows_g, rows_g);
+  return for_out_grad_blocks(g, tile, out_grad, [&](const T* dout, index_t t, index_t run,
+                                                    int grp) {
+    return cpu::gemm(false, false, fg, rows_g, run, T(1), dout, P,
+                     own.col + t * CK + grp * rows_g, CK, T(1),
+                     own.weight_grad + grp * fg * rows_g, rows_g);
   });
-  return ok;
 }
 
 /*! \brief colT_grad[t] = dout[n, :, p]^T x W for every tile pixel. */
@@ -328,15 +342,11 @@ bool col_grad_gemm(const DeformConvGeometry& g, const Tile& tile, const T* weigh
                    const ThreadBuffers<T, Acc>& own, const T* out_grad) {
   const index_t P = g.out_plane(), CK = g.channels * g.taps();
   const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
-  bool ok = true;
-  for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
-    for (int grp = 0; grp < g.groups; ++grp)
-      ok &= cpu::gemm(true, false, run, rows_g, fg, T(1),
-                      out_grad + (n * g.filters + grp * fg) * P + p, P,
-                      weight + grp * fg * rows_g, rows_g, T(0), own.col_grad + t * CK + grp * rows_g,
-                      CK);
+  return for_out_grad_blocks(g, tile, out_grad, [&](const T* dout, index_t t, index_t run,
+                                                    int grp) {
+    return cpu::gemm(true, false, run, rows_g, fg, T(1), dout, P, weight + grp * fg * rows_g,
+                     rows_g, T(0), own.col_grad + t * CK + grp * rows_g, CK);
   });
-  return ok;
 }
 
 /*!

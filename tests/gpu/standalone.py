@@ -11,11 +11,18 @@ Needs nvcc, cuBLAS (the toolkit's, or the nvidia-cublas wheel PyTorch depends on
 CUDA and a GPU; it needs neither MXNet nor a CUDA build of it. Used by test_cuda_standalone.py
 (pytest) and by run_standalone.sh:
 
-    python tests/gpu/standalone.py build   # compile the harness, print its path
-    python tests/gpu/standalone.py check   # all checks, a PASS/FAIL table; exit 1 on failure
-    python tests/gpu/standalone.py bench   # timings (the convolution against cuDNN)
+    python tests/gpu/standalone.py build [--emulated]  # compile the harness, print its path
+    python tests/gpu/standalone.py check [--emulated]  # all checks, PASS/FAIL; exit 1 on failure
+    python tests/gpu/standalone.py bench               # timings (the convolution against cuDNN)
 
 DCNV2_STANDALONE_LIB names a prebuilt harness instead (e.g. built on a machine with nvcc).
+
+The same checks run without a GPU on an emulated build (`build --emulated`, `check --emulated`;
+test_cuda_emulated.py): the CUDA sources compiled by the host C++ compiler against the host
+emulation of CUDA, cuBLAS and CUB in cuda_emulation/, on NumPy buffers. That verifies the
+kernels' logic (indexing, tiling, the GEMM calls, the sort-based deterministic gradient, the
+streams they use), not their execution on a GPU. `check --sanitize` runs them on an emulated
+build instrumented by AddressSanitizer, which stops at any out-of-bounds access.
 """
 import collections
 import copy
@@ -51,6 +58,9 @@ SOURCES = ("cuda/deformable_conv_cuda.cu", "cuda/psroi_pooling_cuda.cu",
 #: Environment variable naming a prebuilt harness library.
 ENV_LIBRARY = "DCNV2_STANDALONE_LIB"
 
+#: The host emulation of CUDA that an emulated build compiles against (cuda_emulation.h).
+EMULATION = os.path.join(HERE, "cuda_emulation")
+
 #: MXNet's dtype codes, which the harness takes.
 DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2}
 
@@ -72,6 +82,10 @@ CASES = {
     "v1-b2-k3x3-dg2": dict(batch=2, channels=10, height=5, width=6, num_filter=3,
                            num_deformable_group=2, modulated=False),
 }
+
+#: The determinism checks' problem: clustered offsets put every sample in the same four cells,
+#: so that the data gradient's contributions collide.
+DETERMINISM_CASE = dict(batch=2, channels=16, height=8, width=8, num_filter=8)
 
 #: The tilings that small scratch budgets force (see budget_for), on TILING_CASE.
 TILINGS = ("pixel-tiles", "image-tiles")
@@ -142,10 +156,40 @@ def nvcc_command(output, arch, include, library):
             "-o", output]
 
 
+def emulated_command(output, compiler, sanitize=False):
+    """The host compiler command line that builds the harness against the CUDA emulation;
+    with `sanitize`, instrumented by AddressSanitizer (run it with sanitizer_environment())."""
+    sources = [os.path.join(CONTRIB, s) for s in SOURCES]
+    cuda = [s for s in sources if s.endswith(".cu")]
+    host = [s for s in sources if not s.endswith(".cu")]
+    flags = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"] if sanitize else ["-O2"]
+    return [compiler, "-std=c++17", *flags, "-shared", "-fPIC", "-Wall", "-Wextra",
+            "-Wno-unused-parameter", "-Werror", "-DDCNV2_MX_CUDA_EMULATION=1",
+            "-I", os.path.join(EMULATION, "include"), "-I", CONTRIB, "-x", "c++", *cuda,
+            "-x", "none", *host, os.path.join(EMULATION, "cuda_emulation.cc"), "-o", output]
+
+
+def sanitizer_environment(compiler=None):
+    """os.environ plus what a Python process needs to load an AddressSanitizer build: the
+    runtime preloaded (with libstdc++, whose exceptions ASan intercepts) and leak checks off
+    (Python's own allocations). Raises HarnessUnavailable without the compiler's libasan."""
+    compiler = compiler or os.environ.get("CXX", "c++")
+    libraries = []
+    for name in ("libasan.so", "libstdc++.so"):
+        path = subprocess.run([compiler, f"-print-file-name={name}"], capture_output=True,
+                              text=True).stdout.strip()
+        if not os.path.isabs(path):
+            raise HarnessUnavailable(f"{compiler} has no {name} (AddressSanitizer)")
+        libraries.append(path)
+    return dict(os.environ, LD_PRELOAD=" ".join(libraries), ASAN_OPTIONS="detect_leaks=0")
+
+
 def _source_digest():
     digest = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(CONTRIB, "**", "*.*"), recursive=True)):
-        if path.endswith((".h", ".cc", ".cu")):
+    paths = glob.glob(os.path.join(CONTRIB, "**", "*.*"), recursive=True)
+    paths += glob.glob(os.path.join(EMULATION, "**", "*.*"), recursive=True)
+    for path in sorted(paths):
+        if path.endswith((".h", ".cc", ".cu", ".cuh")):
             with open(path, "rb") as f:
                 digest.update(path.encode() + f.read())
     return digest.hexdigest()[:16]
@@ -163,26 +207,37 @@ def device_arch():
     return os.environ.get("DCNV2_STANDALONE_ARCH", "90")
 
 
-def build_harness(arch=None, out_dir=None):
-    """Path of the harness library: $DCNV2_STANDALONE_LIB, or built with nvcc into
-    build/standalone (reused while the sources are unchanged). Raises HarnessUnavailable."""
-    if os.environ.get(ENV_LIBRARY):
+def build_harness(arch=None, out_dir=None, emulated=False, sanitize=False):
+    """Path of the harness library: $DCNV2_STANDALONE_LIB, or built with nvcc (with `emulated`:
+    with the host C++ compiler, $CXX or c++, against the CUDA emulation, and with `sanitize`
+    instrumented by AddressSanitizer) into build/standalone, reused while the sources are
+    unchanged. Raises HarnessUnavailable."""
+    if os.environ.get(ENV_LIBRARY) and not emulated:
         return os.environ[ENV_LIBRARY]
-    if shutil.which("nvcc") is None:
-        raise HarnessUnavailable(f"nvcc not found (or set {ENV_LIBRARY} to a prebuilt harness)")
-    arch = arch or device_arch()
-    include, library = find_cublas()
+    if emulated:
+        compiler = os.environ.get("CXX", "c++")
+        if shutil.which(compiler) is None:
+            raise HarnessUnavailable(f"no C++ compiler ({compiler}) for the emulated harness")
+        name = "emulated-asan" if sanitize else "emulated"
+        command = lambda path: emulated_command(path, compiler, sanitize)  # noqa: E731
+    else:
+        if shutil.which("nvcc") is None:
+            raise HarnessUnavailable(f"nvcc not found (or set {ENV_LIBRARY} to a prebuilt harness)")
+        arch = arch or device_arch()
+        include, library = find_cublas()
+        name = f"sm{arch}"
+        command = lambda path: nvcc_command(path, arch, include, library)  # noqa: E731
     out_dir = out_dir or os.path.join(ROOT, "build", "standalone")
     os.makedirs(out_dir, exist_ok=True)
-    output = os.path.join(out_dir, f"libdcnv2_standalone_sm{arch}_{_source_digest()}.so")
+    output = os.path.join(out_dir, f"libdcnv2_standalone_{name}_{_source_digest()}.so")
     if not os.path.exists(output):
-        command = nvcc_command(output + ".tmp", arch, include, library)
-        proc = subprocess.run(command, capture_output=True, text=True)
+        temporary = f"{output}.{os.getpid()}.tmp"  # concurrent builds (pytest-xdist) do not mix
+        proc = subprocess.run(command(temporary), capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError("building the harness failed:\n" + " ".join(command) + "\n"
-                               + proc.stdout + proc.stderr)
-        os.replace(output + ".tmp", output)
-        for stale in glob.glob(os.path.join(out_dir, f"libdcnv2_standalone_sm{arch}_*.so")):
+            raise RuntimeError("building the harness failed:\n" + " ".join(command(temporary))
+                               + "\n" + proc.stdout + proc.stderr)
+        os.replace(temporary, output)
+        for stale in glob.glob(os.path.join(out_dir, f"libdcnv2_standalone_{name}_*.so")):
             if stale != output:
                 os.remove(stale)
     return output
@@ -247,20 +302,143 @@ def psroi_spec(params, shape, num_rois, num_classes):
                      (num_rois, params["output_dim"], pooled, pooled), inputs)
 
 
-def _gradient_buffers(inputs, wanted, poison):
-    """Uninitialised gradients like the `wanted` entries of `inputs`; NaN with `poison`, so
-    that elements the kernels fail to write show."""
-    import torch
-    return {k: torch.full_like(inputs[k], float("nan")) if poison else torch.empty_like(inputs[k])
-            for k in wanted}
+class CudaBuffers:
+    """Device memory through PyTorch CUDA tensors: what the harness built with nvcc takes."""
+
+    default_device = "cuda:0"
+
+    @staticmethod
+    def put(array, device):
+        import torch
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+    @staticmethod
+    def get(tensor):
+        """A copy as a float64 NumPy array."""
+        return tensor.detach().double().cpu().numpy()
+
+    @staticmethod
+    def empty(shape, like):
+        import torch
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def scratch(nbytes, like):
+        import torch
+        return torch.empty(nbytes, dtype=torch.uint8, device=like.device)
+
+    @staticmethod
+    def full_like(tensor, value):
+        import torch
+        return torch.full_like(tensor, value)
+
+    @staticmethod
+    def pointer(tensor):
+        return tensor.data_ptr()
+
+    @staticmethod
+    def stream():
+        """The current stream (a cudaStream_t as an integer)."""
+        import torch
+        return torch.cuda.current_stream().cuda_stream
+
+    @staticmethod
+    def on_side_stream(body, device):
+        """body() on a fresh non-default stream of `device`, then waits for it: the kernels
+        must use the stream they are given."""
+        import torch
+        with torch.cuda.device(device):
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream):
+                result = body()
+            stream.synchronize()
+        return result
+
+    @staticmethod
+    def equal(a, b):
+        import torch
+        return torch.equal(a, b)
+
+    @staticmethod
+    def second_device():
+        """The name of a second GPU; HarnessUnavailable without one."""
+        import torch
+        if torch.cuda.device_count() < 2:
+            raise HarnessUnavailable("only one GPU")
+        return "cuda:1"
+
+
+class EmulatedBuffers:
+    """Host memory (NumPy arrays) for a harness built against the CUDA emulation, whose "device
+    pointers" are host pointers. Streams are fake handles that the emulator checks every launch,
+    memset, GEMM and sort against; outside on_side_stream the current one is the default stream
+    (0), which the emulator refuses, as the kernels must never use it."""
+
+    default_device = "emulated"
+
+    def __init__(self, lib):
+        lib.dcnv2_emulation_expect_stream.argtypes = [ctypes.c_void_p]
+        lib.dcnv2_emulation_expect_stream.restype = None
+        self._lib = lib
+        self._stream = 0
+        self._streams_made = 0
+
+    @staticmethod
+    def put(array, device):
+        return np.array(array, order="C")
+
+    @staticmethod
+    def get(array):
+        return np.array(array, dtype=np.float64)
+
+    @staticmethod
+    def empty(shape, like):
+        return np.empty(shape, dtype=like.dtype)
+
+    @staticmethod
+    def scratch(nbytes, like):
+        return np.empty(nbytes, dtype=np.uint8)
+
+    @staticmethod
+    def full_like(array, value):
+        return np.full_like(array, value)
+
+    @staticmethod
+    def pointer(array):
+        return array.ctypes.data
+
+    def stream(self):
+        return self._stream
+
+    def on_side_stream(self, body, device):
+        previous = self._stream
+        self._streams_made += 1
+        self._stream = 0x1000 * self._streams_made  # a handle, never dereferenced
+        self._lib.dcnv2_emulation_expect_stream(self._stream)
+        try:
+            return body()
+        finally:
+            self._stream = previous
+            self._lib.dcnv2_emulation_expect_stream(previous)
+
+    @staticmethod
+    def equal(a, b):
+        return a.shape == b.shape and a.tobytes() == b.tobytes()
+
+    @staticmethod
+    def second_device():
+        raise HarnessUnavailable("the CUDA emulation has one device")
 
 
 class Harness:
-    """The harness library, loaded with ctypes. Tensors are PyTorch CUDA tensors."""
+    """The harness library, loaded with ctypes. Its tensors are those of `buffers`: PyTorch
+    CUDA tensors (CudaBuffers), or NumPy arrays for an emulated build (EmulatedBuffers)."""
 
     def __init__(self, path):
         self.path = path
         lib = ctypes.CDLL(path)
+        self.emulated = hasattr(lib, "dcnv2_emulation_active")
+        self.buffers = EmulatedBuffers(lib) if self.emulated else CudaBuffers()
         call = ctypes.POINTER(_Call)
         pointers = ctypes.POINTER(ctypes.c_void_p)
         lib.dcnv2_standalone_plan.argtypes = [
@@ -312,42 +490,44 @@ class Harness:
             ctypes.byref(tile), ctypes.byref(images), ctypes.byref(scratch)))
         return tile.value, images.value, scratch.value
 
-    @staticmethod
-    def _pointers(tensors):
+    def _pointers(self, tensors):
         return (ctypes.c_void_p * len(tensors))(
-            *[None if t is None else t.data_ptr() for t in tensors])
+            *[None if t is None else self.buffers.pointer(t) for t in tensors])
+
+    def _gradient_buffers(self, inputs, wanted, poison):
+        """Uninitialised gradients like the `wanted` entries of `inputs`; NaN with `poison`, so
+        that elements the kernels fail to write show."""
+        return {k: self.buffers.full_like(inputs[k], float("nan")) if poison
+                else self.buffers.empty(inputs[k].shape, inputs[k]) for k in wanted}
 
     def forward(self, spec, inputs, dtype, budget=0):
-        """The output (N, F, Ho, Wo) for `inputs` (CUDA tensors keyed by spec.inputs), computed
-        on the current stream."""
-        import torch
-        device = inputs["data"].device
+        """The output (N, F, Ho, Wo) for `inputs` (tensors keyed by spec.inputs), computed on
+        the current stream."""
+        b, data = self.buffers, inputs["data"]
         call = self._call(spec, dtype, budget=budget)
         _, _, scratch_bytes = self.plan(spec, dtype, budget=budget)
-        scratch = torch.empty(scratch_bytes, dtype=torch.uint8, device=device)
-        out = torch.empty(spec.out_shape, dtype=inputs["data"].dtype, device=device)
+        scratch, out = b.scratch(scratch_bytes, data), b.empty(spec.out_shape, data)
         self._check(self.lib.dcnv2_standalone_forward(
             ctypes.byref(call), self._pointers([inputs[k] for k in spec.inputs]),
-            out.data_ptr(), scratch.data_ptr(), scratch_bytes,
-            torch.cuda.current_stream().cuda_stream))
+            b.pointer(out), b.pointer(scratch), scratch_bytes, b.stream()))
         return out
 
     def backward(self, spec, inputs, out_grad, dtype, deterministic, budget=0, wanted=None,
                  poison=True):
-        """Gradients (CUDA tensors keyed like `inputs`; only the `wanted` ones, default all) for
-        the output gradient (N, F, Ho, Wo), computed on the current stream. With `poison` they
-        start as NaN, so that elements the kernels fail to write show."""
-        import torch
+        """Gradients (tensors keyed like `inputs`; only the `wanted` ones, default all) for the
+        output gradient (N, F, Ho, Wo), computed on the current stream. With `poison` they start
+        as NaN, so that elements the kernels fail to write show."""
+        b = self.buffers
         wanted = spec.inputs if wanted is None else wanted
         call = self._call(spec, dtype, deterministic, budget)
         _, _, scratch_bytes = self.plan(spec, dtype, True, deterministic, budget)
-        scratch = torch.empty(scratch_bytes, dtype=torch.uint8, device=out_grad.device)
-        grads = _gradient_buffers(inputs, wanted, poison)
+        scratch = b.scratch(scratch_bytes, out_grad)
+        grads = self._gradient_buffers(inputs, wanted, poison)
         self._check(self.lib.dcnv2_standalone_backward(
-            ctypes.byref(call), out_grad.data_ptr(),
+            ctypes.byref(call), b.pointer(out_grad),
             self._pointers([inputs[k] for k in spec.inputs]),
-            self._pointers([grads.get(k) for k in spec.inputs]), scratch.data_ptr(),
-            scratch_bytes, torch.cuda.current_stream().cuda_stream))
+            self._pointers([grads.get(k) for k in spec.inputs]), b.pointer(scratch),
+            scratch_bytes, b.stream()))
         return grads
 
     def psroi_scratch_bytes(self, spec, dtype, data_grad=True):
@@ -359,31 +539,30 @@ class Harness:
         return scratch.value
 
     def psroi_forward(self, spec, inputs, dtype):
-        """The PS-RoI pooling output (R, output_dim, P, P) for `inputs` (CUDA tensors keyed by
+        """The PS-RoI pooling output (R, output_dim, P, P) for `inputs` (tensors keyed by
         spec.inputs), computed on the current stream."""
-        import torch
-        out = torch.empty(spec.out_shape, dtype=inputs["data"].dtype, device=inputs["data"].device)
+        b = self.buffers
+        out = b.empty(spec.out_shape, inputs["data"])
         self._check(self.lib.dcnv2_standalone_psroi_forward(
             ctypes.byref(self._psroi_call(spec, dtype)),
-            self._pointers([inputs[k] for k in spec.inputs]), out.data_ptr(),
-            torch.cuda.current_stream().cuda_stream))
+            self._pointers([inputs[k] for k in spec.inputs]), b.pointer(out), b.stream()))
         return out
 
     def psroi_backward(self, spec, inputs, out_grad, dtype, deterministic, wanted=None,
                        poison=True):
-        """PS-RoI pooling gradients (CUDA tensors keyed like `inputs`; only the `wanted` ones,
-        default all, the rois one zero) for the output gradient (R, output_dim, P, P), computed
-        on the current stream. With `poison` they start as NaN."""
-        import torch
+        """PS-RoI pooling gradients (tensors keyed like `inputs`; only the `wanted` ones, default
+        all, the rois one zero) for the output gradient (R, output_dim, P, P), computed on the
+        current stream. With `poison` they start as NaN."""
+        b = self.buffers
         wanted = spec.inputs if wanted is None else wanted
         scratch_bytes = self.psroi_scratch_bytes(spec, dtype, "data" in wanted)
-        scratch = torch.empty(scratch_bytes, dtype=torch.uint8, device=out_grad.device)
-        grads = _gradient_buffers(inputs, wanted, poison)
+        scratch = b.scratch(scratch_bytes, out_grad)
+        grads = self._gradient_buffers(inputs, wanted, poison)
         self._check(self.lib.dcnv2_standalone_psroi_backward(
-            ctypes.byref(self._psroi_call(spec, dtype, deterministic)), out_grad.data_ptr(),
+            ctypes.byref(self._psroi_call(spec, dtype, deterministic)), b.pointer(out_grad),
             self._pointers([inputs[k] for k in spec.inputs]),
-            self._pointers([grads.get(k) for k in spec.inputs]), scratch.data_ptr(),
-            scratch_bytes, torch.cuda.current_stream().cuda_stream))
+            self._pointers([grads.get(k) for k in spec.inputs]), b.pointer(scratch),
+            scratch_bytes, b.stream()))
         return grads
 
 
@@ -592,45 +771,31 @@ def make_problem(case, dtype, seed=1234, offsets="jittered"):
     return as_dtype(ConvInputs(np.random.RandomState(seed), offsets=offsets, **case), dtype)
 
 
-def _device_inputs(arrays, dtype, device):
-    import torch
-    return {k: torch.from_numpy(v.astype(dtype)).to(device) for k, v in arrays.items()}
-
-
-def _numpy(tensor):
-    return tensor.detach().double().cpu().numpy()
-
-
-def run_on_side_stream(body, device="cuda:0"):
-    """body() on a fresh non-default stream of `device`, then waits for it: the kernels must use
-    the stream they are given."""
-    import torch
-    with torch.cuda.device(device):
-        stream = torch.cuda.Stream()
-        with torch.cuda.stream(stream):
-            result = body()
-        stream.synchronize()
-    return result
-
-
 def random_out_grad(shape, dtype, seed=99):
     """An output gradient of `shape` uniform in [-1, 1), as `dtype`."""
     return np.random.RandomState(seed).uniform(-1, 1, shape).astype(dtype)
 
 
-def run_forward_backward(arrays, out_grad, dtype, device, forward, backward):
+def device_inputs(harness, arrays, dtype, device=None):
+    """`arrays` (a dict of NumPy arrays) as the harness's tensors of `dtype` on `device`."""
+    device = device or harness.buffers.default_device
+    return {k: harness.buffers.put(v.astype(dtype), device) for k, v in arrays.items()}
+
+
+def run_forward_backward(harness, arrays, out_grad, dtype, device, forward, backward):
     """forward(inputs) and backward(inputs, out_grad) of the harness, with `arrays` and
     `out_grad` copied to `device` as `dtype`, on a side stream: the output and the gradients
     (a dict) as float64 NumPy arrays."""
-    import torch
+    b = harness.buffers
+    device = device or b.default_device
 
     def body():
-        inputs = _device_inputs(arrays, dtype, device)
+        inputs = device_inputs(harness, arrays, dtype, device)
         out = forward(inputs)
-        grads = backward(inputs, torch.from_numpy(out_grad).to(device))
-        return _numpy(out), {k: _numpy(g) for k, g in grads.items()}
+        grads = backward(inputs, b.put(out_grad, device))
+        return b.get(out), {k: b.get(g) for k, g in grads.items()}
 
-    return run_on_side_stream(body, device)
+    return b.on_side_stream(body, device)
 
 
 def assert_results_close(out, grads, expected_out, expected_grads, dtype):
@@ -641,7 +806,7 @@ def assert_results_close(out, grads, expected_out, expected_grads, dtype):
         assert_close(name + " grad", grad, expected_grads[name], dtype)
 
 
-def compare_with_reference(harness, problem, dtype, deterministic, budget=0, device="cuda:0",
+def compare_with_reference(harness, problem, dtype, deterministic, budget=0, device=None,
                            expected_problem=None):
     """Forward and every gradient of `problem` against the float64 reference of
     `expected_problem` (default: the same problem)."""
@@ -649,7 +814,7 @@ def compare_with_reference(harness, problem, dtype, deterministic, budget=0, dev
     spec = spec_of(problem)
     out_grad = random_out_grad(problem.out_shape, dtype)
     out, grads = run_forward_backward(
-        problem.arrays, out_grad, dtype, device,
+        harness, problem.arrays, out_grad, dtype, device,
         lambda inputs: harness.forward(spec, inputs, dtype, budget),
         lambda inputs, dout: harness.backward(spec, inputs, dout, dtype, deterministic, budget))
     expected = expected_problem.reference_grads(out_grad.astype(np.float64))
@@ -658,7 +823,7 @@ def compare_with_reference(harness, problem, dtype, deterministic, budget=0, dev
     assert_results_close(out, grads, expected_problem.reference(), expected, dtype)
 
 
-def check_case(harness, case, dtype, deterministic, device="cuda:0"):
+def check_case(harness, case, dtype, deterministic, device=None):
     """Forward and every gradient of one CASES problem against the float64 reference."""
     compare_with_reference(harness, make_problem(case, dtype), dtype, deterministic,
                            device=device)
@@ -697,39 +862,38 @@ def check_tiling(harness, tiling, deterministic):
     compare_with_reference(harness, problem, "float64", deterministic, budget)
 
 
-def assert_reproducible(runs, partial_runs):
+def assert_reproducible(harness, runs, partial_runs):
     """Every gradient of `runs` (dicts of tensors) is bit-identical across them, and so is each
     gradient of `partial_runs` (calls that asked for only some) to the first run's."""
-    import torch
+    equal = harness.buffers.equal
     for name in runs[0]:
         for other in runs[1:]:
-            assert torch.equal(runs[0][name], other[name]), f"{name} grad differs between runs"
+            assert equal(runs[0][name], other[name]), f"{name} grad differs between runs"
     for partial in partial_runs:
         for name, grad in partial.items():
-            assert torch.equal(grad, runs[0][name]), f"{name} grad differs when asked alone"
+            assert equal(grad, runs[0][name]), f"{name} grad differs when asked alone"
 
 
 def check_determinism(harness, dtype):
     """The deterministic data gradient is bit-identical across runs when many samples share
     corners; requesting only some gradients gives the same values."""
-    import torch
-    case = dict(batch=2, channels=16, height=8, width=8, num_filter=8)
-    problem = make_problem(case, dtype, offsets="clustered")
+    b = harness.buffers
+    problem = make_problem(DETERMINISM_CASE, dtype, offsets="clustered")
     spec = spec_of(problem)
     out_grad = random_out_grad(problem.out_shape, dtype, seed=5)
 
     def body():
-        inputs = _device_inputs(problem.arrays, dtype, "cuda:0")
-        dout = torch.from_numpy(out_grad).to("cuda:0")
+        inputs = device_inputs(harness, problem.arrays, dtype)
+        dout = b.put(out_grad, b.default_device)
         runs = [harness.backward(spec, inputs, dout, dtype, True) for _ in range(3)]
         only_data = harness.backward(spec, inputs, dout, dtype, True, wanted=["data"])
         only_weight = harness.backward(spec, inputs, dout, dtype, True, wanted=["weight"])
         return runs, [only_data, only_weight]
 
-    runs, partial_runs = run_on_side_stream(body)
-    assert_reproducible(runs, partial_runs)
+    runs, partial_runs = b.on_side_stream(body, b.default_device)
+    assert_reproducible(harness, runs, partial_runs)
     expected = problem.reference_grads(out_grad.astype(np.float64))
-    assert_close("data grad", _numpy(runs[0]["data"]), expected["data"], dtype)
+    assert_close("data grad", b.get(runs[0]["data"]), expected["data"], dtype)
 
 
 def check_non_finite_offsets(harness, dtype):
@@ -747,21 +911,19 @@ def check_non_finite_offsets(harness, dtype):
 
 def check_second_gpu(harness):
     """The kernels run on cuda:1 (streams, cuBLAS handle and memory of that device)."""
-    import torch
-    if torch.cuda.device_count() < 2:
-        raise HarnessUnavailable("only one GPU")
-    check_case(harness, CASES["b3-k3x2-s21-p10-d21-g2-dg2"], "float64", True, device="cuda:1")
+    check_case(harness, CASES["b3-k3x2-s21-p10-d21-g2-dg2"], "float64", True,
+               device=harness.buffers.second_device())
 
 
 def compare_psroi_with_reference(harness, problem, dtype, deterministic, expected=None,
-                                 device="cuda:0"):
+                                 device=None):
     """PS-RoI pooling forward and every gradient of `problem` (a PSROIInputs) against
     expected(out_grad) -> (out, grads), by default its float64 reference. Whether the expected
     values can catch an error is checked without a GPU (test_standalone_host.py)."""
     spec = problem.spec
     out_grad = random_out_grad(problem.out_shape, dtype)
     out, grads = run_forward_backward(
-        problem.arrays, out_grad, dtype, device,
+        harness, problem.arrays, out_grad, dtype, device,
         lambda inputs: harness.psroi_forward(spec, inputs, dtype),
         lambda inputs, dout: harness.psroi_backward(spec, inputs, dout, dtype, deterministic))
     expected_out, expected_grads = (expected or problem.reference)(out_grad.astype(np.float64))
@@ -777,24 +939,24 @@ def check_psroi_case(harness, case, dtype, deterministic):
 def check_psroi_determinism(harness, dtype):
     """The deterministic PS-RoI data gradient is bit-identical across two runs when many RoIs
     overlap on one image; requesting only some gradients gives the same values."""
-    import torch
+    b = harness.buffers
     problem = make_psroi_problem(PSROI_DETERMINISM_CASE, dtype)
     spec = problem.spec
     out_grad = random_out_grad(problem.out_shape, dtype, seed=5)
 
     def body():
-        inputs = _device_inputs(problem.arrays, dtype, "cuda:0")
-        dout = torch.from_numpy(out_grad).to("cuda:0")
+        inputs = device_inputs(harness, problem.arrays, dtype)
+        dout = b.put(out_grad, b.default_device)
         runs = [harness.psroi_backward(spec, inputs, dout, dtype, True) for _ in range(2)]
         only_data = harness.psroi_backward(spec, inputs, dout, dtype, True, wanted=["data"])
         only_trans_mask = harness.psroi_backward(spec, inputs, dout, dtype, True,
                                                  wanted=["trans", "mask"])
         return runs, [only_data, only_trans_mask]
 
-    runs, partial_runs = run_on_side_stream(body)
-    assert_reproducible(runs, partial_runs)
+    runs, partial_runs = b.on_side_stream(body, b.default_device)
+    assert_reproducible(harness, runs, partial_runs)
     _, expected = problem.reference(out_grad.astype(np.float64))
-    assert_close("data grad", _numpy(runs[0]["data"]), expected["data"], dtype)
+    assert_close("data grad", b.get(runs[0]["data"]), expected["data"], dtype)
 
 
 def check_psroi_batch_index_outside(harness, dtype, deterministic):
@@ -999,13 +1161,31 @@ def format_table(header, rows):
 
 
 def main(argv):
-    command = argv[1] if len(argv) > 1 else "check"
+    flags = {a for a in argv[1:] if a.startswith("--")}
+    args = [a for a in argv[1:] if not a.startswith("--")]
+    command = args[0] if args else "check"
+    sanitize = "--sanitize" in flags
+    emulated = "--emulated" in flags or sanitize
+    if flags - {"--emulated", "--sanitize"} or command not in ("build", "check", "bench"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    if emulated and command == "bench":
+        print("standalone: the emulation says nothing of speed; bench needs a GPU",
+              file=sys.stderr)
+        return 2
     try:
         if command == "build":
-            print(build_harness())
+            print(build_harness(emulated=emulated, sanitize=sanitize))
             return 0
-        require_gpu()
-        harness = Harness(build_harness())
+        if not emulated:
+            require_gpu()
+        environment = sanitizer_environment() if sanitize else None
+        path = build_harness(emulated=emulated, sanitize=sanitize)
+        if sanitize and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+            # The sanitizer's runtime must be loaded before Python starts.
+            sys.stdout.flush()
+            os.execve(sys.executable, [sys.executable, *argv], environment)
+        harness = Harness(path)
     except HarnessUnavailable as reason:
         print(f"standalone: cannot run here: {reason}", file=sys.stderr)
         return 2

@@ -1,8 +1,8 @@
 """The host-side pieces of the standalone GPU check, which run without a GPU: the comparison
-rule, the problems, the build command, the tiling plans of the harness (planning needs no
+rule, the problems, the build commands, the tiling plans of the harness (planning needs no
 device except for the deterministic backward) and its PS-RoI pooling scratch sizes and
-parameter checks. Those need nvcc and cuBLAS to build the harness and are skipped, with the
-reason, without them."""
+parameter checks. Those run on the harness built with nvcc and cuBLAS (skipped, with the
+reason, without them) and on the one built against the CUDA emulation."""
 import ctypes
 import os
 
@@ -58,13 +58,23 @@ def test_nvcc_command_builds_every_source_for_one_architecture():
     assert command[-2:] == ["-o", "/tmp/h.so"] and "-l:libcublas.so.13" in command
 
 
-@pytest.fixture(scope="module")
-def harness():
-    """The harness built here (no GPU needed to load it and plan)."""
+def test_emulated_command_builds_every_source_against_the_emulation():
+    command = standalone.emulated_command("/tmp/h.so", "c++")
+    for source in standalone.SOURCES:
+        assert os.path.join(standalone.CONTRIB, source) in command, source
+    assert "-DDCNV2_MX_CUDA_EMULATION=1" in command and "-Werror" in command
+    assert os.path.join(standalone.EMULATION, "include") in command
+    assert "-fsanitize=address" in standalone.emulated_command("/tmp/h.so", "c++", sanitize=True)
+
+
+@pytest.fixture(scope="module", params=["nvcc", "emulated"])
+def harness(request):
+    """The harness built here with nvcc, or against the CUDA emulation (no GPU needed to load
+    either and plan)."""
     try:
-        return standalone.Harness(standalone.build_harness())
+        return standalone.Harness(standalone.build_harness(emulated=request.param == "emulated"))
     except standalone.HarnessUnavailable as reason:
-        pytest.skip(f"cannot build the standalone CUDA harness: {reason}")
+        pytest.skip(f"cannot build the standalone CUDA harness ({request.param}): {reason}")
 
 
 def spec(**case):
@@ -282,3 +292,24 @@ def test_psroi_backward_refuses_short_scratch_before_touching_the_device(harness
     assert rc == -1
     assert harness.lib.dcnv2_standalone_last_error().decode() == (
         f"scratch of {needed - 1} bytes, but the backward call needs {needed}")
+
+
+@pytest.mark.parametrize("dtype", sorted(standalone.DTYPE_CODES))
+@pytest.mark.parametrize("backward,deterministic", [(False, False), (True, False), (True, True)])
+def test_plans_stay_within_the_budget(harness, dtype, backward, deterministic):
+    """Every plan that a budget admits fits it, over budgets from too small to ample."""
+    if deterministic and not harness.emulated:
+        pytest.skip("planning the deterministic backward asks CUB, which needs a GPU")
+    problem_spec = spec(batch=3, channels=20, height=7, width=6, num_filter=4, kernel=(3, 2),
+                        num_deformable_group=2)
+    planned = 0
+    for budget in np.unique(np.geomspace(2 << 10, 4 << 20, 300).astype(int)):
+        try:
+            tile, images, scratch = harness.plan(problem_spec, dtype, backward, deterministic,
+                                                 int(budget))
+        except RuntimeError as error:
+            assert "'workspace'" in str(error) and "too small" in str(error)
+            continue
+        planned += 1
+        assert scratch <= budget, (budget, tile, images, scratch)
+    assert planned > 100

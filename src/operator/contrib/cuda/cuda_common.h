@@ -4,7 +4,8 @@
  *        guard, float16 accumulation in float32 and (under nvcc) grid-stride launches.
  *
  * The host part compiles with the host compiler too (the operator registration includes it);
- * launches are compiled only by nvcc.
+ * launches are compiled only by nvcc, or by a host compiler with DCNV2_MX_CUDA_EMULATION
+ * (tests/gpu/cuda_emulation: the kernels run on the CPU in CI).
  */
 #ifndef DCNV2_MX_CUDA_CUDA_COMMON_H_
 #define DCNV2_MX_CUDA_CUDA_COMMON_H_
@@ -92,7 +93,7 @@ inline unsigned blocks_for(index_t count) {
       std::min<index_t>(kMaxBlocks, (count + kBlockThreads - 1) / kBlockThreads));
 }
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(DCNV2_MX_CUDA_EMULATION)
 
 /*! \brief Calls body(i) for every i in [0, count) that falls to this thread (64-bit indices). */
 template <typename Body>
@@ -111,7 +112,12 @@ template <typename... Params, typename... Args>
 void launch(void (*kernel)(index_t, Params...), index_t count, cudaStream_t stream,
             Args&&... args) {
   if (count <= 0) return;
+#if defined(DCNV2_MX_CUDA_EMULATION)
+  cuda_emulation::launch(blocks_for(count), kBlockThreads, stream, kernel, count,
+                         std::forward<Args>(args)...);
+#else
   kernel<<<blocks_for(count), kBlockThreads, 0, stream>>>(count, std::forward<Args>(args)...);
+#endif
   check(cudaGetLastError(), "kernel launch");
 }
 
@@ -119,6 +125,12 @@ void launch(void (*kernel)(index_t, Params...), index_t count, cudaStream_t stre
 template <typename T, typename Acc>
 __global__ void convert_kernel(index_t count, const Acc* src, T* dst) {
   grid_stride(count, [&](index_t i) { dst[i] = static_cast<T>(src[i]); });
+}
+
+/*! \brief dst[i] = value for i in [0, count). */
+template <typename T>
+__global__ void fill_kernel(index_t count, T value, T* dst) {
+  grid_stride(count, [&](index_t i) { dst[i] = value; });
 }
 
 /*! \brief atomicAdd as a scatter() update (the data gradient's atomic path). */
@@ -129,7 +141,7 @@ struct AtomicAdd {
   }
 };
 
-#endif  // __CUDACC__
+#endif  // __CUDACC__ || DCNV2_MX_CUDA_EMULATION
 
 }  // namespace cuda
 }  // namespace dcnv2_mx

@@ -12,15 +12,16 @@
  * spans the whole tile:
  *  - forward:  out_fm (F, cols) = W x col, then out[n, f, p] = out_fm[f, j] + bias[f];
  *  - backward: dout_fm (F, cols) is packed from the output gradient;
- *    weight_grad (+)= dout_fm x col^T; col is then overwritten by the column gradient
- *    W^T x dout_fm; the offset and mask gradients sum it over the channels of a deformable group,
- *    one thread per output element (no atomics); the data gradient is summed either with atomics
- *    or, deterministically, by sorting the tile's (sample corner -> input pixel) contributions
- *    with a stable radix sort so that every input element adds its own in a fixed order.
+ *    bias_grad (+)= dout_fm x 1 and weight_grad (+)= dout_fm x col^T; col is then
+ *    overwritten by the column gradient W^T x dout_fm; the offset and mask gradients sum it
+ *    over the channels of a deformable group, one thread per output element (no atomics); the
+ *    data gradient is summed either with atomics or, deterministically, by sorting the tile's
+ *    (sample corner -> input pixel) contributions with a stable radix sort so that every input
+ *    element adds its own in a fixed order.
  * The im2col and atomic scatter kernels give each thread a few channels of one sample, so the
  * sample is computed once for them. float16 is sampled, interpolated and accumulated in
- * float32, including the weight and data gradients across tiles (float32 scratch). Everything
- * runs on the caller's stream, without host synchronisation.
+ * float32, including the weight, bias and data gradients across tiles (float32 scratch).
+ * Everything runs on the caller's stream, without host synchronisation.
  */
 #include <cub/device/device_radix_sort.cuh>
 
@@ -289,31 +290,6 @@ __global__ void data_grad_gather_kernel(index_t count, DeformConvGeometry g, Til
   });
 }
 
-/*!
- * \brief bias_grad[f] = sum of out_grad[:, f] over images and pixels: one block per filter,
- *        a fixed split over threads and a tree reduction, so the sum is reproducible.
- */
-template <typename T, typename Acc>
-__global__ void bias_grad_kernel(DeformConvGeometry g, const T* out_grad, T* bias_grad) {
-  __shared__ Acc partial[cuda::kBlockThreads];
-  const index_t P = g.out_plane(), per_filter = g.batch * P;
-  for (index_t f = blockIdx.x; f < g.filters; f += gridDim.x) {
-    Acc sum = Acc(0);
-    for (index_t i = threadIdx.x; i < per_filter; i += blockDim.x) {
-      const index_t n = i / P;
-      sum += static_cast<Acc>(out_grad[(n * g.filters + f) * P + (i - n * P)]);
-    }
-    partial[threadIdx.x] = sum;
-    __syncthreads();
-    for (unsigned width = blockDim.x / 2; width > 0; width /= 2) {
-      if (threadIdx.x < width) partial[threadIdx.x] += partial[threadIdx.x + width];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) bias_grad[f] = static_cast<T>(partial[0]);
-    __syncthreads();
-  }
-}
-
 /*! \brief Bits of the radix sort keys: enough for every key up to and including `sentinel`. */
 int key_bits(uint32_t sentinel) {
   int bits = 1;
@@ -338,13 +314,18 @@ struct Layout {
   size_t sort_temp_bytes;  //!< CUB's scratch (deterministic backward), for the largest tile
 };
 
+/*! \brief Most sub-buffers that Buffers carves (each aligned to 64 bytes). */
+constexpr size_t kMaxSubBuffers = 13;
+
 /*! \brief Sub-buffers of one call's scratch block; on a null block, only its size. */
 template <typename T>
 struct Buffers {
   using Acc = typename AccType<T>::type;
   T* col;                    //!< (C*K, cols): columns, then (backward) their gradient
   T* filter_major;           //!< (F, cols): output before unpacking; packed output gradient
+  T* ones = nullptr;         //!< (cols): all 1, the bias gradient's GEMM operand (backward)
   Acc* weight_grad = nullptr;  //!< (F, C/G*K): float32 weight gradient of float16 (backward)
+  Acc* bias_grad = nullptr;    //!< (F): float32 bias gradient of float16 (backward)
   Acc* image_grad = nullptr;   //!< (images, C, H*W): float32 data gradient of float16 (backward)
   // Deterministic data gradient: double buffers of the radix sort and the entries' weights.
   uint32_t* keys[2] = {nullptr, nullptr};
@@ -362,8 +343,10 @@ struct Buffers {
     const size_t image_elems = static_cast<size_t>(images * g.channels * g.in_plane());
     col = carver.take<T>(static_cast<size_t>(g.channels * g.taps()) * cols);
     filter_major = carver.take<T>(static_cast<size_t>(g.filters) * cols);
+    if (layout.backward) ones = carver.take<T>(cols);
     if (layout.backward && kAccumulatesApart<T>) {
       weight_grad = carver.take<Acc>(static_cast<size_t>(g.filters * g.col_rows_per_group()));
+      bias_grad = carver.take<Acc>(static_cast<size_t>(g.filters));
       image_grad = carver.take<Acc>(image_elems);
     }
     if (layout.backward && layout.mode == DataGradMode::kDeterministic) {
@@ -471,12 +454,12 @@ TilePlan plan_deform_conv_gpu(const DeformConvGeometry& g, bool backward, DataGr
   const Layout layout = make_layout<T>(g, backward, mode);
   const index_t P = g.out_plane();
   // plan_tiles' model of the scratch: per (deformable group, tap, pixel) the sort entries; per
-  // pixel the column and the filter-major row; whatever the tile, the rest for one image, and
-  // room to align the sub-buffers beyond the eight that plan_tiles allows for.
+  // pixel the column, the filter-major row and (backward) a one; whatever the tile, the rest
+  // for one image, and up to 63 bytes of alignment for each sub-buffer.
   const size_t entry_bytes = 4 * sizeof(uint32_t) + sizeof(typename AccType<T>::type);
   const size_t sample_bytes = sorted ? kCorners * entry_bytes : 0;
-  const size_t pixel_bytes = static_cast<size_t>(g.filters) * sizeof(T);
-  const size_t fixed_bytes = scratch_bytes<T>(g, layout, 0, 1) + 4 * 64;
+  const size_t pixel_bytes = static_cast<size_t>(g.filters + (backward ? 1 : 0)) * sizeof(T);
+  const size_t fixed_bytes = scratch_bytes<T>(g, layout, 0, 1) + kMaxSubBuffers * 64;
   TilePlan plan = plan_tiles(g, sizeof(T), sample_bytes, false, budget_bytes,
                              target_pixels<T>(g, sorted), fixed_bytes, pixel_bytes);
   plan.images = 1;
@@ -491,6 +474,8 @@ TilePlan plan_deform_conv_gpu(const DeformConvGeometry& g, bool backward, DataGr
     // 32-bit sort keys: images * dg * H*W + 1 distinct values.
     if (sorted)
       images = std::min<index_t>(images, static_cast<index_t>((UINT32_MAX - 1) / planes));
+    // The sub-buffers' alignment makes the growth per image vary by a few bytes.
+    while (images > 1 && scratch_bytes<T>(g, layout, P, images) > budget) --images;
     plan.images = std::max<index_t>(images, 1);
   }
   plan.scratch_bytes = scratch_bytes<T>(g, layout, plan.tile, plan.images);
@@ -531,23 +516,30 @@ void deform_conv_backward_gpu(const DeformConvGeometry& g, const DeformConvBackw
   const int rows_g = static_cast<int>(g.col_rows_per_group());
   const bool need_col_grad = a.data_grad || a.offset_grad || a.mask_grad;
   Acc* weight_grad = a.weight_grad ? accumulator(a.weight_grad, buf.weight_grad) : nullptr;
-  bool weight_grad_started = false;
+  Acc* bias_grad = a.bias_grad ? accumulator(a.bias_grad, buf.bias_grad) : nullptr;
+  if (bias_grad)
+    launch(cuda::fill_kernel<T>, plan.tile * plan.images, stream, T(1), buf.ones);
+  bool started = false;  // whether the weight and bias gradients hold earlier tiles' sums
   auto backward_tile = [&](const Tile& tile) {
     const index_t cols = tile.pixels();
     const int icols = static_cast<int>(cols);
+    const Acc beta = started ? Acc(1) : Acc(0);
     launch(pack_columns_kernel<T>, g.filters * cols, stream, g, tile, a.out_grad,
            buf.filter_major);
+    // bias_grad (+)= dout_fm x 1: cuBLAS sums in a fixed order, so the result is reproducible.
+    if (bias_grad)
+      cuda::gemm<T, Acc>(blas, false, false, static_cast<int>(g.filters), 1, icols,
+                         buf.filter_major, icols, buf.ones, 1, beta, bias_grad, 1);
     if (weight_grad) {
       launch(im2col_kernel<T, Acc>, chunk_items(g, cols), stream, g, a.in.data, a.in.offset,
              a.in.mask, tile, buf.col);
       for (int grp = 0; grp < g.groups; ++grp)
         cuda::gemm<T, Acc>(blas, false, true, fg, rows_g, icols,
                            buf.filter_major + grp * fg * cols, icols,
-                           buf.col + grp * rows_g * cols, icols,
-                           weight_grad_started ? Acc(1) : Acc(0),
+                           buf.col + grp * rows_g * cols, icols, beta,
                            weight_grad + grp * fg * rows_g, rows_g);
-      weight_grad_started = true;
     }
+    started = true;
     if (!need_col_grad) return;
     // The column gradient replaces the columns (the GEMMs above have consumed them).
     for (int grp = 0; grp < g.groups; ++grp)
@@ -559,15 +551,12 @@ void deform_conv_backward_gpu(const DeformConvGeometry& g, const DeformConvBackw
              a.in.data, a.in.offset, a.in.mask, tile, buf.col, a.offset_grad, a.mask_grad);
     if (a.data_grad) data_grad_tile(g, a, mode, tile, buf, stream);
   };
-  if (weight_grad || need_col_grad) for_each_tile(g, plan, backward_tile);
-  if (a.weight_grad && kAccumulatesApart<T>)
-    launch(convert_kernel<T, Acc>, g.filters * g.col_rows_per_group(), stream, weight_grad,
-           a.weight_grad);
-  if (a.bias_grad) {
-    const unsigned blocks = static_cast<unsigned>(std::min<index_t>(g.filters, cuda::kMaxBlocks));
-    bias_grad_kernel<T, Acc><<<blocks, cuda::kBlockThreads, 0, stream>>>(g, a.out_grad,
-                                                                          a.bias_grad);
-    cuda::check(cudaGetLastError(), "kernel launch");
+  if (weight_grad || bias_grad || need_col_grad) for_each_tile(g, plan, backward_tile);
+  if constexpr (kAccumulatesApart<T>) {
+    if (weight_grad)
+      launch(convert_kernel<T, Acc>, g.filters * g.col_rows_per_group(), stream, weight_grad,
+             a.weight_grad);
+    if (bias_grad) launch(convert_kernel<T, Acc>, g.filters, stream, bias_grad, a.bias_grad);
   }
 }
 

@@ -1,0 +1,155 @@
+/*!
+ * \file cuda_emulation.h
+ * \brief A host emulation of the part of CUDA that the library's kernels use, so that the CUDA
+ *        sources (compiled as C++ with DCNV2_MX_CUDA_EMULATION) run on a CPU in CI.
+ *
+ * What it checks that a plain port would not:
+ *  - a launch runs every thread of the grid, one at a time, in a shuffled order that changes
+ *    from launch to launch: a kernel whose result depends on the order of its threads (a read
+ *    of another thread's write, a non-atomic update of a shared element) gives different or
+ *    wrong results; atomics round differently from run to run, as on a GPU;
+ *  - launch configurations outside CUDA's limits become a sticky launch error;
+ *  - every launch, memset, cuBLAS and CUB call must use the stream the caller named with
+ *    dcnv2_emulation_expect_stream (the default stream is refused);
+ *  - only device 0 exists.
+ * What it cannot check: concurrency (memory ordering, races between truly parallel threads),
+ * the real cuBLAS and CUB, device code generation, float16 intrinsics, and speed.
+ *
+ * Device pointers are host pointers. The fake CUDA headers in include/ include this one.
+ */
+#ifndef DCNV2_MX_CUDA_EMULATION_H_
+#define DCNV2_MX_CUDA_EMULATION_H_
+
+#if !defined(DCNV2_MX_CUDA_EMULATION)
+#error "cuda_emulation.h replaces CUDA only in builds with DCNV2_MX_CUDA_EMULATION"
+#endif
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+
+struct uint3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+
+// The indices of the emulated thread that is running (one at a time).
+inline uint3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+
+/*! \brief IEEE binary16 with float conversions, the host-side interface of CUDA's __half. */
+struct __half {
+  _Float16 value;
+  __half() = default;
+  __half(float f) : value(static_cast<_Float16>(f)) {}    // NOLINT: implicit, as CUDA's
+  __half(double d) : value(static_cast<_Float16>(d)) {}   // NOLINT
+  __half(int i) : value(static_cast<_Float16>(i)) {}      // NOLINT
+  operator float() const { return static_cast<float>(value); }  // NOLINT
+};
+static_assert(sizeof(__half) == 2, "__half must be binary16 (NumPy's float16)");
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorInvalidResourceHandle = 400,
+};
+
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+
+namespace cuda_emulation {
+
+/*! \brief The emulator's state: the stream the current call must use and the sticky error. */
+struct State {
+  cudaStream_t expected_stream = nullptr;
+  cudaError_t last_error = cudaSuccess;
+  std::string last_problem;  //!< what went wrong, for the test's failure message
+  uint64_t launches = 0;     //!< launches so far, which also seeds each launch's thread order
+  int device = 0;
+};
+
+inline State& state() {
+  static State s;
+  return s;
+}
+
+/*! \brief Records a failure as the sticky error that cudaGetLastError reports. */
+inline cudaError_t fail(cudaError_t err, const std::string& problem) {
+  state().last_error = err;
+  state().last_problem = problem;
+  return err;
+}
+
+/*! \brief Whether work may be queued on `stream`; records the failure if not. */
+inline bool stream_ok(cudaStream_t stream, const char* what) {
+  const cudaStream_t expected = state().expected_stream;
+  if (stream != nullptr && stream == expected) return true;
+  fail(cudaErrorInvalidResourceHandle,
+       std::string(what) + (stream == nullptr ? " on the default stream"
+                                              : " on a stream other than the caller's"));
+  return false;
+}
+
+/*! \brief The order in which a launch runs its `threads` threads: a permutation that differs
+ *         from launch to launch (a linear congruential walk over a power-of-two range). */
+inline std::vector<uint64_t> thread_order(uint64_t threads, uint64_t launch) {
+  uint64_t range = 1;
+  while (range < threads) range <<= 1;
+  // x -> a*x + c (mod 2^k) is a full cycle for a = 1 (mod 4) and odd c.
+  const uint64_t a = 4 * (launch % 1021) + 5, c = 2 * (launch % 7919) + 1;
+  std::vector<uint64_t> order;
+  order.reserve(threads);
+  uint64_t x = launch & (range - 1);
+  for (uint64_t i = 0; i < range; ++i) {
+    x = (a * x + c) & (range - 1);
+    if (x < threads) order.push_back(x);
+  }
+  return order;
+}
+
+/*!
+ * \brief kernel<<<blocks, threads, 0, stream>>>(args...): every thread of the grid, one at a
+ *        time, in a shuffled order. Invalid configurations set the sticky launch error.
+ */
+template <typename Kernel, typename... Args>
+void launch(unsigned blocks, unsigned threads, cudaStream_t stream, Kernel kernel,
+            Args&&... args) {
+  if (blocks == 0 || blocks > 0x7fffffffu || threads == 0 || threads > 1024) {
+    fail(cudaErrorInvalidConfiguration, "launch of " + std::to_string(blocks) + " blocks of " +
+                                            std::to_string(threads) + " threads");
+    return;
+  }
+  if (!stream_ok(stream, "kernel launch")) return;
+  gridDim = dim3{blocks, 1, 1};
+  blockDim = dim3{threads, 1, 1};
+  const uint64_t total = static_cast<uint64_t>(blocks) * threads;
+  for (const uint64_t t : thread_order(total, state().launches++)) {
+    blockIdx = uint3{static_cast<unsigned>(t / threads), 0, 0};
+    threadIdx = uint3{static_cast<unsigned>(t % threads), 0, 0};
+    kernel(args...);  // by value, as a launch copies its arguments
+  }
+}
+
+}  // namespace cuda_emulation
+
+/*! \brief Atomic addition: the threads run one at a time. */
+template <typename T>
+T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
+
+#endif  // DCNV2_MX_CUDA_EMULATION_H_

@@ -61,6 +61,10 @@ ENV_LIBRARY = "DCNV2_STANDALONE_LIB"
 #: The host emulation of CUDA that an emulated build compiles against (cuda_emulation.h).
 EMULATION = os.path.join(HERE, "cuda_emulation")
 
+#: The grid cap of an emulated build (4096 blocks on a GPU): with 3 blocks of 256 threads, every
+#: launch over more than 768 items runs its grid-stride loops more than once, at an odd stride.
+EMULATED_MAX_BLOCKS = 3
+
 #: MXNet's dtype codes, which the harness takes.
 DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2}
 
@@ -165,6 +169,7 @@ def emulated_command(output, compiler, sanitize=False):
     flags = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"] if sanitize else ["-O2"]
     return [compiler, "-std=c++17", *flags, "-shared", "-fPIC", "-Wall", "-Wextra",
             "-Wno-unused-parameter", "-Werror", "-DDCNV2_MX_CUDA_EMULATION=1",
+            f"-DDCNV2_MX_CUDA_MAX_BLOCKS={EMULATED_MAX_BLOCKS}",
             "-I", os.path.join(EMULATION, "include"), "-I", CONTRIB, "-x", "c++", *cuda,
             "-x", "none", *host, os.path.join(EMULATION, "cuda_emulation.cc"), "-o", output]
 

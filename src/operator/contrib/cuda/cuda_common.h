@@ -83,9 +83,14 @@ constexpr int kBlockThreads = 256;
 
 /*!
  * \brief Most blocks of one launch: enough to fill the largest GPUs several times over; the
- *        kernels' grid-stride loops cover any larger count.
+ *        kernels' grid-stride loops cover any larger count. The CUDA emulation's test build
+ *        lowers it, so that small test problems take several strides too.
  */
+#if defined(DCNV2_MX_CUDA_MAX_BLOCKS)
+constexpr index_t kMaxBlocks = DCNV2_MX_CUDA_MAX_BLOCKS;
+#else
 constexpr index_t kMaxBlocks = 4096;
+#endif
 
 /*! \brief Blocks of a launch over `count` work items. */
 inline unsigned blocks_for(index_t count) {

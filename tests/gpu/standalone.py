@@ -12,7 +12,7 @@ CUDA and a GPU; it needs neither MXNet nor a CUDA build of it. Used by test_cuda
 (pytest) and by run_standalone.sh:
 
     python tests/gpu/standalone.py build [--emulated]  # compile the harness, print its path
-    python tests/gpu/standalone.py check [--emulated]  # all checks, PASS/FAIL; exit 1 on failure
+    python tests/gpu/standalone.py check [--emulated | --asan | --tsan]  # PASS/FAIL table
     python tests/gpu/standalone.py bench               # timings (the convolution against cuDNN)
 
 DCNV2_STANDALONE_LIB names a prebuilt harness instead (e.g. built on a machine with nvcc).
@@ -21,8 +21,10 @@ The same checks run without a GPU on an emulated build (`build --emulated`, `che
 test_cuda_emulated.py): the CUDA sources compiled by the host C++ compiler against the host
 emulation of CUDA, cuBLAS and CUB in cuda_emulation/, on NumPy buffers. That verifies the
 kernels' logic (indexing, tiling, the GEMM calls, the sort-based deterministic gradient, the
-streams they use), not their execution on a GPU. `check --sanitize` runs them on an emulated
-build instrumented by AddressSanitizer, which stops at any out-of-bounds access.
+streams they use), not their execution on a GPU. `check --asan` runs them on an emulated build
+instrumented by AddressSanitizer, which stops at any out-of-bounds access; `check --tsan` on one
+instrumented by ThreadSanitizer that runs each launch on several host threads, which stops at
+any two GPU threads that touch the same element without atomics.
 """
 import collections
 import copy
@@ -160,13 +162,29 @@ def nvcc_command(output, arch, include, library):
             "-o", output]
 
 
-def emulated_command(output, compiler, sanitize=False):
+#: What each sanitizer of an emulated build adds to the compiler's flags. The thread sanitizer's
+#: build runs each launch on four host threads (races show only between threads that overlap).
+SANITIZER_FLAGS = {
+    "address": ["-fsanitize=address"],
+    "thread": ["-fsanitize=thread", "-DDCNV2_MX_CUDA_EMULATION_WORKERS=4"],
+}
+
+#: The runtime library of each sanitizer and its options: stop at the first error (exit 1 for
+#: ThreadSanitizer, like AddressSanitizer's) and no leak report (Python's own allocations).
+SANITIZER_RUNTIMES = {
+    "address": ("libasan.so", "ASAN_OPTIONS", "detect_leaks=0"),
+    "thread": ("libtsan.so", "TSAN_OPTIONS", "halt_on_error=1 exitcode=1"),
+}
+
+
+def emulated_command(output, compiler, sanitizer=None):
     """The host compiler command line that builds the harness against the CUDA emulation;
-    with `sanitize`, instrumented by AddressSanitizer (run it with sanitizer_environment())."""
+    instrumented by `sanitizer` ("address" or "thread"; run it with sanitizer_environment())."""
     sources = [os.path.join(CONTRIB, s) for s in SOURCES]
     cuda = [s for s in sources if s.endswith(".cu")]
     host = [s for s in sources if not s.endswith(".cu")]
-    flags = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"] if sanitize else ["-O2"]
+    flags = (["-O1", "-g", "-fno-omit-frame-pointer", *SANITIZER_FLAGS[sanitizer]] if sanitizer
+             else ["-O2"])
     return [compiler, "-std=c++17", *flags, "-shared", "-fPIC", "-Wall", "-Wextra",
             "-Wno-unused-parameter", "-Werror", "-DDCNV2_MX_CUDA_EMULATION=1",
             f"-DDCNV2_MX_CUDA_MAX_BLOCKS={EMULATED_MAX_BLOCKS}",
@@ -174,19 +192,20 @@ def emulated_command(output, compiler, sanitize=False):
             "-x", "none", *host, os.path.join(EMULATION, "cuda_emulation.cc"), "-o", output]
 
 
-def sanitizer_environment(compiler=None):
-    """os.environ plus what a Python process needs to load an AddressSanitizer build: the
-    runtime preloaded (with libstdc++, whose exceptions ASan intercepts) and leak checks off
-    (Python's own allocations). Raises HarnessUnavailable without the compiler's libasan."""
+def sanitizer_environment(sanitizer, compiler=None):
+    """os.environ plus what a Python process needs to load a build instrumented by `sanitizer`:
+    its runtime preloaded (with libstdc++, whose exceptions the sanitizers intercept) and its
+    SANITIZER_RUNTIMES options. Raises HarnessUnavailable without the compiler's runtime."""
     compiler = compiler or os.environ.get("CXX", "c++")
+    runtime, options_variable, options = SANITIZER_RUNTIMES[sanitizer]
     libraries = []
-    for name in ("libasan.so", "libstdc++.so"):
+    for name in (runtime, "libstdc++.so"):
         path = subprocess.run([compiler, f"-print-file-name={name}"], capture_output=True,
                               text=True).stdout.strip()
         if not os.path.isabs(path):
-            raise HarnessUnavailable(f"{compiler} has no {name} (AddressSanitizer)")
+            raise HarnessUnavailable(f"{compiler} has no {name} ({sanitizer} sanitizer)")
         libraries.append(path)
-    return dict(os.environ, LD_PRELOAD=" ".join(libraries), ASAN_OPTIONS="detect_leaks=0")
+    return dict(os.environ, LD_PRELOAD=" ".join(libraries), **{options_variable: options})
 
 
 def _source_digest():
@@ -212,19 +231,19 @@ def device_arch():
     return os.environ.get("DCNV2_STANDALONE_ARCH", "90")
 
 
-def build_harness(arch=None, out_dir=None, emulated=False, sanitize=False):
+def build_harness(arch=None, out_dir=None, emulated=False, sanitizer=None):
     """Path of the harness library: $DCNV2_STANDALONE_LIB, or built with nvcc (with `emulated`:
-    with the host C++ compiler, $CXX or c++, against the CUDA emulation, and with `sanitize`
-    instrumented by AddressSanitizer) into build/standalone, reused while the sources are
-    unchanged. Raises HarnessUnavailable."""
+    with the host C++ compiler, $CXX or c++, against the CUDA emulation, instrumented by
+    `sanitizer` if given) into build/standalone, reused while the sources are unchanged.
+    Raises HarnessUnavailable."""
     if os.environ.get(ENV_LIBRARY) and not emulated:
         return os.environ[ENV_LIBRARY]
     if emulated:
         compiler = os.environ.get("CXX", "c++")
         if shutil.which(compiler) is None:
             raise HarnessUnavailable(f"no C++ compiler ({compiler}) for the emulated harness")
-        name = "emulated-asan" if sanitize else "emulated"
-        command = lambda path: emulated_command(path, compiler, sanitize)  # noqa: E731
+        name = f"emulated-{sanitizer}" if sanitizer else "emulated"
+        command = lambda path: emulated_command(path, compiler, sanitizer)  # noqa: E731
     else:
         if shutil.which("nvcc") is None:
             raise HarnessUnavailable(f"nvcc not found (or set {ENV_LIBRARY} to a prebuilt harness)")
@@ -1169,9 +1188,12 @@ def main(argv):
     flags = {a for a in argv[1:] if a.startswith("--")}
     args = [a for a in argv[1:] if not a.startswith("--")]
     command = args[0] if args else "check"
-    sanitize = "--sanitize" in flags
-    emulated = "--emulated" in flags or sanitize
-    if flags - {"--emulated", "--sanitize"} or command not in ("build", "check", "bench"):
+    sanitizers = {"--asan": "address", "--tsan": "thread"}
+    chosen = [sanitizers[f] for f in flags if f in sanitizers]
+    sanitizer = chosen[0] if chosen else None
+    emulated = "--emulated" in flags or sanitizer is not None
+    if (flags - {"--emulated", *sanitizers} or len(chosen) > 1
+            or command not in ("build", "check", "bench")):
         print(__doc__, file=sys.stderr)
         return 2
     if emulated and command == "bench":
@@ -1180,13 +1202,13 @@ def main(argv):
         return 2
     try:
         if command == "build":
-            print(build_harness(emulated=emulated, sanitize=sanitize))
+            print(build_harness(emulated=emulated, sanitizer=sanitizer))
             return 0
         if not emulated:
             require_gpu()
-        environment = sanitizer_environment() if sanitize else None
-        path = build_harness(emulated=emulated, sanitize=sanitize)
-        if sanitize and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        environment = sanitizer_environment(sanitizer) if sanitizer else None
+        path = build_harness(emulated=emulated, sanitizer=sanitizer)
+        if sanitizer and environment["LD_PRELOAD"] != os.environ.get("LD_PRELOAD"):
             # The sanitizer's runtime must be loaded before Python starts.
             sys.stdout.flush()
             os.execve(sys.executable, [sys.executable, *argv], environment)

@@ -1,7 +1,8 @@
 """What the host emulation of CUDA (cuda_emulation/) adds to the standalone checks on the CPU,
 and that it is able to fail: threads run in an order that changes from launch to launch (the
 atomic data gradient's rounding varies as on a GPU, the deterministic one must not), work on
-the default stream is refused, and every check also passes under AddressSanitizer."""
+the default stream is refused, and every check also passes under AddressSanitizer and, with
+launches spread over host threads, under ThreadSanitizer."""
 import subprocess
 import sys
 
@@ -50,8 +51,11 @@ def test_work_on_the_default_stream_is_refused(harness):
         harness.forward(standalone.spec_of(problem), inputs, "float32")  # not on a side stream
 
 
-def test_every_check_passes_under_address_sanitizer():
-    proc = subprocess.run([sys.executable, standalone.__file__, "check", "--sanitize"],
+@pytest.mark.parametrize("flag", ["--asan", "--tsan"])
+def test_every_check_passes_under_a_sanitizer(flag):
+    """AddressSanitizer: no out-of-bounds access; ThreadSanitizer, with each launch on four host
+    threads: no two GPU threads touch an element without atomics."""
+    proc = subprocess.run([sys.executable, standalone.__file__, "check", flag],
                           capture_output=True, text=True)
     if proc.returncode == 2 and "cannot run here" in proc.stderr:
         pytest.skip(proc.stderr.strip())

@@ -64,7 +64,9 @@ def test_emulated_command_builds_every_source_against_the_emulation():
         assert os.path.join(standalone.CONTRIB, source) in command, source
     assert "-DDCNV2_MX_CUDA_EMULATION=1" in command and "-Werror" in command
     assert os.path.join(standalone.EMULATION, "include") in command
-    assert "-fsanitize=address" in standalone.emulated_command("/tmp/h.so", "c++", sanitize=True)
+    for sanitizer, flags in standalone.SANITIZER_FLAGS.items():
+        command = standalone.emulated_command("/tmp/h.so", "c++", sanitizer)
+        assert all(flag in command for flag in flags) and "-O2" not in command
 
 
 @pytest.fixture(scope="module", params=["nvcc", "emulated"])

@@ -4,16 +4,19 @@
  *        sources (compiled as C++ with DCNV2_MX_CUDA_EMULATION) run on a CPU in CI.
  *
  * What it checks that a plain port would not:
- *  - a launch runs every thread of the grid, one at a time, in a shuffled order that changes
- *    from launch to launch: a kernel whose result depends on the order of its threads (a read
- *    of another thread's write, a non-atomic update of a shared element) gives different or
- *    wrong results; atomics round differently from run to run, as on a GPU;
+ *  - a launch runs every thread of the grid in a shuffled order that changes from launch to
+ *    launch: a kernel whose result depends on the order of its threads (a read of another
+ *    thread's write) gives different or wrong results; atomics round differently from run to
+ *    run, as on a GPU;
+ *  - built with DCNV2_MX_CUDA_EMULATION_WORKERS > 1, a launch splits that order over as many
+ *    host threads, so that ThreadSanitizer reports two GPU threads that touch the same element
+ *    without atomics (a race on a GPU); atomicAdd is a real atomic;
  *  - launch configurations outside CUDA's limits become a sticky launch error;
  *  - every launch, memset, cuBLAS and CUB call must use the stream the caller named with
  *    dcnv2_emulation_expect_stream (the default stream is refused);
  *  - only device 0 exists.
- * What it cannot check: concurrency (memory ordering, races between truly parallel threads),
- * the real cuBLAS and CUB, device code generation, float16 intrinsics, and speed.
+ * What it cannot check: the GPU's memory model beyond races within a launch, the real cuBLAS
+ * and CUB, device code generation, float16 intrinsics, and speed.
  *
  * Device pointers are host pointers. The fake CUDA headers in include/ include this one.
  */
@@ -24,12 +27,19 @@
 #error "cuda_emulation.h replaces CUDA only in builds with DCNV2_MX_CUDA_EMULATION"
 #endif
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
+
+#if !defined(DCNV2_MX_CUDA_EMULATION_WORKERS)
+#define DCNV2_MX_CUDA_EMULATION_WORKERS 1
+#endif
 
 #define __global__
 #define __device__
@@ -43,9 +53,9 @@ struct dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
 
-// The indices of the emulated thread that is running (one at a time).
-inline uint3 threadIdx, blockIdx;
-inline dim3 blockDim, gridDim;
+// The indices of the emulated GPU thread that the calling host thread is running.
+inline thread_local uint3 threadIdx, blockIdx;
+inline thread_local dim3 blockDim, gridDim;
 
 /*! \brief IEEE binary16 with float conversions, the host-side interface of CUDA's __half. */
 struct __half {
@@ -120,8 +130,9 @@ inline std::vector<uint64_t> thread_order(uint64_t threads, uint64_t launch) {
 }
 
 /*!
- * \brief kernel<<<blocks, threads, 0, stream>>>(args...): every thread of the grid, one at a
- *        time, in a shuffled order. Invalid configurations set the sticky launch error.
+ * \brief kernel<<<blocks, threads, 0, stream>>>(args...): every thread of the grid in a
+ *        shuffled order, split into DCNV2_MX_CUDA_EMULATION_WORKERS contiguous parts that run
+ *        on as many host threads. Invalid configurations set the sticky launch error.
  */
 template <typename Kernel, typename... Args>
 void launch(unsigned blocks, unsigned threads, cudaStream_t stream, Kernel kernel,
@@ -132,23 +143,41 @@ void launch(unsigned blocks, unsigned threads, cudaStream_t stream, Kernel kerne
     return;
   }
   if (!stream_ok(stream, "kernel launch")) return;
-  gridDim = dim3{blocks, 1, 1};
-  blockDim = dim3{threads, 1, 1};
-  const uint64_t total = static_cast<uint64_t>(blocks) * threads;
-  for (const uint64_t t : thread_order(total, state().launches++)) {
-    blockIdx = uint3{static_cast<unsigned>(t / threads), 0, 0};
-    threadIdx = uint3{static_cast<unsigned>(t % threads), 0, 0};
-    kernel(args...);  // by value, as a launch copies its arguments
-  }
+  const std::vector<uint64_t> order =
+      thread_order(static_cast<uint64_t>(blocks) * threads, state().launches++);
+  auto run = [&](size_t begin, size_t end) {
+    gridDim = dim3{blocks, 1, 1};
+    blockDim = dim3{threads, 1, 1};
+    for (size_t i = begin; i < end; ++i) {
+      blockIdx = uint3{static_cast<unsigned>(order[i] / threads), 0, 0};
+      threadIdx = uint3{static_cast<unsigned>(order[i] % threads), 0, 0};
+      kernel(args...);  // by value, as a launch copies its arguments
+    }
+  };
+  const size_t workers = std::min<size_t>(DCNV2_MX_CUDA_EMULATION_WORKERS, order.size());
+  if (workers <= 1) return run(0, order.size());
+  std::vector<std::thread> pool;
+  for (size_t w = 0; w < workers; ++w)
+    pool.emplace_back(run, order.size() * w / workers, order.size() * (w + 1) / workers);
+  for (std::thread& worker : pool) worker.join();  // the end of a kernel: all its writes done
 }
 
 }  // namespace cuda_emulation
 
-/*! \brief Atomic addition: the threads run one at a time. */
+/*! \brief Atomic addition (a compare-and-swap loop on the bits, for floating point too). */
 template <typename T>
 T atomicAdd(T* address, T value) {
-  const T old = *address;
-  *address = old + value;
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "atomicAdd of 4- or 8-byte types");
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  Bits* bits = reinterpret_cast<Bits*>(address);
+  Bits expected = __atomic_load_n(bits, __ATOMIC_RELAXED), desired;
+  T old;
+  do {
+    std::memcpy(&old, &expected, sizeof(T));
+    const T sum = old + value;
+    std::memcpy(&desired, &sum, sizeof(T));
+  } while (!__atomic_compare_exchange_n(bits, &expected, desired, true, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED));
   return old;
 }
 

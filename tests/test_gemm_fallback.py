@@ -8,26 +8,13 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from cmake_build import ROOT, build_library
 
 
 @pytest.fixture(scope="module")
 def openblas_library(tmp_path_factory):
-    """Path of a libdcnv2_mx.so built with DCNV2_MX_ONEDNN=OFF, by the CMake and Ninja of
-    PyPI's cmake and ninja packages (test requirements)."""
-    import cmake
-    import ninja
-
-    cmake_bin = os.path.join(cmake.CMAKE_BIN_DIR, "cmake")
-    build = tmp_path_factory.mktemp("build-openblas")
-    configure = [cmake_bin, "-S", ROOT, "-B", str(build), "-G", "Ninja",
-                 f"-DCMAKE_MAKE_PROGRAM={os.path.join(ninja.BIN_DIR, 'ninja')}",
-                 f"-DPython3_EXECUTABLE={sys.executable}", "-DDCNV2_MX_ONEDNN=OFF",
-                 "-DCMAKE_BUILD_TYPE=Release"]
-    for command in (configure, [cmake_bin, "--build", str(build), "--parallel"]):
-        proc = subprocess.run(command, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return str(build / "libdcnv2_mx.so")
+    """Path of a libdcnv2_mx.so built with DCNV2_MX_ONEDNN=OFF."""
+    return build_library(tmp_path_factory.mktemp("build-openblas"), "-DDCNV2_MX_ONEDNN=OFF")
 
 
 def test_openblas_build_does_not_use_onednn(openblas_library):

@@ -18,7 +18,7 @@ CUDA and a GPU; it needs neither MXNet nor a CUDA build of it. Used by test_cuda
 DCNV2_STANDALONE_LIB names a prebuilt harness instead (e.g. built on a machine with nvcc).
 
 The same checks run without a GPU on an emulated build (`build --emulated`, `check --emulated`;
-test_cuda_emulated.py): the CUDA sources compiled by the host C++ compiler against the host
+the "emulated" half of test_cuda_standalone.py, and test_cuda_emulation.py): the CUDA sources compiled by the host C++ compiler against the host
 emulation of CUDA, cuBLAS and CUB in cuda_emulation/, on NumPy buffers. That verifies the
 kernels' logic (indexing, tiling, the GEMM calls, the sort-based deterministic gradient, the
 streams they use), not their execution on a GPU. `check --asan` runs them on an emulated build
@@ -64,7 +64,8 @@ ENV_LIBRARY = "DCNV2_STANDALONE_LIB"
 EMULATION = os.path.join(HERE, "cuda_emulation")
 
 #: The grid cap of an emulated build (4096 blocks on a GPU): with 3 blocks of 256 threads, every
-#: launch over more than 768 items runs its grid-stride loops more than once, at an odd stride.
+#: launch over more than 768 items runs its grid-stride loops more than once, at a stride that
+#: is not a power of two.
 EMULATED_MAX_BLOCKS = 3
 
 #: MXNet's dtype codes, which the harness takes.
@@ -192,6 +193,21 @@ def emulated_command(output, compiler, sanitizer=None):
             "-x", "none", *host, os.path.join(EMULATION, "cuda_emulation.cc"), "-o", output]
 
 
+def require_emulation_compiler():
+    """The host C++ compiler ($CXX or c++) if it can build the CUDA emulation, which needs
+    _Float16 (GCC 12 or Clang on x86-64, most compilers on AArch64); raises HarnessUnavailable
+    if not."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise HarnessUnavailable(f"no C++ compiler ({compiler}) for the CUDA emulation")
+    probe = subprocess.run([compiler, "-std=c++17", "-x", "c++", "-fsyntax-only", "-"],
+                           input="_Float16 half = 1.0f;\n", capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise HarnessUnavailable(f"{compiler} has no _Float16, which the CUDA emulation's "
+                                 "float16 needs")
+    return compiler
+
+
 def sanitizer_environment(sanitizer, compiler=None):
     """os.environ plus what a Python process needs to load a build instrumented by `sanitizer`:
     its runtime preloaded (with libstdc++, whose exceptions the sanitizers intercept) and its
@@ -239,9 +255,7 @@ def build_harness(arch=None, out_dir=None, emulated=False, sanitizer=None):
     if os.environ.get(ENV_LIBRARY) and not emulated:
         return os.environ[ENV_LIBRARY]
     if emulated:
-        compiler = os.environ.get("CXX", "c++")
-        if shutil.which(compiler) is None:
-            raise HarnessUnavailable(f"no C++ compiler ({compiler}) for the emulated harness")
+        compiler = require_emulation_compiler()
         name = f"emulated-{sanitizer}" if sanitizer else "emulated"
         command = lambda path: emulated_command(path, compiler, sanitizer)  # noqa: E731
     else:

@@ -18,7 +18,7 @@ int dcnv2_emulation_active(void) { return 1; }
  */
 void dcnv2_emulation_expect_stream(void* stream) {
   cuda_emulation::state().expected_stream = static_cast<cudaStream_t>(stream);
-  cuda_emulation::state().last_error = cudaSuccess;
+  cuda_emulation::state().launch_error = cudaSuccess;
 }
 
 /*! \brief Kernel launches so far. */

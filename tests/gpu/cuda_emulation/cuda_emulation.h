@@ -14,9 +14,13 @@
  *  - launch configurations outside CUDA's limits become a sticky launch error;
  *  - every launch, memset, cuBLAS and CUB call must use the stream the caller named with
  *    dcnv2_emulation_expect_stream (the default stream is refused);
+ *  - a sort leaves its result in either buffer and overwrites the other, as CUB may;
+ *  - float16 has no arithmetic of its own (see __half);
  *  - only device 0 exists.
- * What it cannot check: the GPU's memory model beyond races within a launch, the real cuBLAS
- * and CUB, device code generation, float16 intrinsics, and speed.
+ * What it cannot check: everything runs synchronously on host memory, so a host read of device
+ * memory, a host pointer passed to a kernel or a missing synchronisation goes unnoticed, and
+ * streams are only compared, not ordered; the GPU's memory model beyond races within a launch;
+ * the real cuBLAS and CUB; device code generation, float16 intrinsics, and speed.
  *
  * Device pointers are host pointers. The fake CUDA headers in include/ include this one.
  */
@@ -34,7 +38,6 @@
 #include <string>
 #include <thread>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #if !defined(DCNV2_MX_CUDA_EMULATION_WORKERS)
@@ -57,7 +60,12 @@ struct dim3 {
 inline thread_local uint3 threadIdx, blockIdx;
 inline thread_local dim3 blockDim, gridDim;
 
-/*! \brief IEEE binary16 with float conversions, the host-side interface of CUDA's __half. */
+/*!
+ * \brief IEEE binary16 with the conversions of CUDA's __half (round to nearest even). Its
+ *        arithmetic and comparisons are deleted: through the conversion to float they would
+ *        compute in float, where device code computes in half precision; the kernels convert
+ *        to their float32 accumulator first.
+ */
 struct __half {
   _Float16 value;
   __half() = default;
@@ -67,6 +75,13 @@ struct __half {
   operator float() const { return static_cast<float>(value); }  // NOLINT
 };
 static_assert(sizeof(__half) == 2, "__half must be binary16 (NumPy's float16)");
+__half operator+(__half, __half) = delete;
+__half operator-(__half, __half) = delete;
+__half operator*(__half, __half) = delete;
+__half operator/(__half, __half) = delete;
+bool operator<(__half, __half) = delete;
+bool operator>(__half, __half) = delete;
+bool operator==(__half, __half) = delete;
 
 enum cudaError_t {
   cudaSuccess = 0,
@@ -81,13 +96,14 @@ using cudaStream_t = CUstream_st*;
 
 namespace cuda_emulation {
 
-/*! \brief The emulator's state: the stream the current call must use and the sticky error. */
+/*! \brief The emulator's state (one device, used by one call at a time). */
 struct State {
-  cudaStream_t expected_stream = nullptr;
-  cudaError_t last_error = cudaSuccess;
-  std::string last_problem;  //!< what went wrong, for the test's failure message
-  uint64_t launches = 0;     //!< launches so far, which also seeds each launch's thread order
-  int device = 0;
+  cudaStream_t expected_stream = nullptr;  //!< the only stream work may be queued on
+  cudaError_t launch_error = cudaSuccess;  //!< sticky: what cudaGetLastError reports
+  cudaError_t problem_code = cudaSuccess;  //!< the error of the last failure...
+  std::string problem;                     //!< ...and what went wrong, for messages
+  uint64_t launches = 0;  //!< launches so far, which also seeds each launch's thread order
+  uint64_t sorts = 0;     //!< sorts so far, which decides where each one leaves its result
 };
 
 inline State& state() {
@@ -95,10 +111,10 @@ inline State& state() {
   return s;
 }
 
-/*! \brief Records a failure as the sticky error that cudaGetLastError reports. */
+/*! \brief Records a failure of a call that returns `err` (cudaGetErrorString explains it). */
 inline cudaError_t fail(cudaError_t err, const std::string& problem) {
-  state().last_error = err;
-  state().last_problem = problem;
+  state().problem_code = err;
+  state().problem = problem;
   return err;
 }
 
@@ -138,11 +154,16 @@ template <typename Kernel, typename... Args>
 void launch(unsigned blocks, unsigned threads, cudaStream_t stream, Kernel kernel,
             Args&&... args) {
   if (blocks == 0 || blocks > 0x7fffffffu || threads == 0 || threads > 1024) {
-    fail(cudaErrorInvalidConfiguration, "launch of " + std::to_string(blocks) + " blocks of " +
-                                            std::to_string(threads) + " threads");
+    state().launch_error =
+        fail(cudaErrorInvalidConfiguration, "launch of " + std::to_string(blocks) +
+                                                " blocks of " + std::to_string(threads) +
+                                                " threads");
     return;
   }
-  if (!stream_ok(stream, "kernel launch")) return;
+  if (!stream_ok(stream, "kernel launch")) {
+    state().launch_error = state().problem_code;
+    return;
+  }
   const std::vector<uint64_t> order =
       thread_order(static_cast<uint64_t>(blocks) * threads, state().launches++);
   auto run = [&](size_t begin, size_t end) {

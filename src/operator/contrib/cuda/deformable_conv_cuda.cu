@@ -526,7 +526,8 @@ void deform_conv_backward_gpu(const DeformConvGeometry& g, const DeformConvBackw
     const Acc beta = started ? Acc(1) : Acc(0);
     launch(pack_columns_kernel<T>, g.filters * cols, stream, g, tile, a.out_grad,
            buf.filter_major);
-    // bias_grad (+)= dout_fm x 1: cuBLAS sums in a fixed order, so the result is reproducible.
+    // bias_grad (+)= dout_fm x 1, a GEMM like the weight gradient's: as reproducible as cuBLAS
+    // (bit-identical on one GPU model, one stream at a time).
     if (bias_grad)
       cuda::gemm<T, Acc>(blas, false, false, static_cast<int>(g.filters), 1, icols,
                          buf.filter_major, icols, buf.ones, 1, beta, bias_grad, 1);

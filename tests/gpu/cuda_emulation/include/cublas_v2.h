@@ -2,8 +2,9 @@
  * \file cublas_v2.h
  * \brief The cuBLAS calls the library makes, emulated on the host: cublasGemmEx computes
  *        column-major C = alpha op(A) op(B) + beta C with plain loops in the compute type,
- *        after checking its arguments as cuBLAS documents them (leading dimensions, type
- *        combinations, the handle's stream). As in cuBLAS, C is not read when beta is 0.
+ *        after checking sizes, leading dimensions and type combinations as cuBLAS documents
+ *        them, and the handle's stream. As in cuBLAS, C is not read when beta is 0. A failure
+ *        leaves its reason in cuda_emulation::state().problem.
  */
 #ifndef DCNV2_MX_EMULATED_CUBLAS_V2_H_
 #define DCNV2_MX_EMULATED_CUBLAS_V2_H_

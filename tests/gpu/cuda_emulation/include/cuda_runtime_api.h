@@ -9,10 +9,11 @@
 
 #include "../cuda_emulation.h"
 
+/*! \brief The sticky launch error, which it clears. */
 inline cudaError_t cudaGetLastError() {
   auto& s = cuda_emulation::state();
-  const cudaError_t err = s.last_error;
-  s.last_error = cudaSuccess;
+  const cudaError_t err = s.launch_error;
+  s.launch_error = cudaSuccess;
   return err;
 }
 
@@ -27,28 +28,29 @@ inline const char* cudaGetErrorName(cudaError_t err) {
   return "cudaErrorUnknown";
 }
 
-/*! \brief The emulator's account of the last failure (CUDA's own string would be generic). */
-inline const char* cudaGetErrorString(cudaError_t) {
-  return cuda_emulation::state().last_problem.c_str();
-}
-
-inline cudaError_t cudaGetDevice(int* device) {
-  *device = cuda_emulation::state().device;
-  return cudaSuccess;
+/*! \brief The emulator's account of the last failure with error `err` (more specific than
+ *         CUDA's strings), or the error's name. */
+inline const char* cudaGetErrorString(cudaError_t err) {
+  const auto& s = cuda_emulation::state();
+  return err == s.problem_code ? s.problem.c_str() : cudaGetErrorName(err);
 }
 
 /*! \brief One device, 0. */
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
 inline cudaError_t cudaSetDevice(int device) {
   if (device != 0)
     return cuda_emulation::fail(cudaErrorInvalidDevice,
                                 "device " + std::to_string(device) + " (only 0 is emulated)");
-  cuda_emulation::state().device = device;
   return cudaSuccess;
 }
 
 inline cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t stream = 0) {
   if (!cuda_emulation::stream_ok(stream, "cudaMemsetAsync"))
-    return cuda_emulation::state().last_error;
+    return cudaErrorInvalidResourceHandle;
   if (bytes != 0 && ptr == nullptr)
     return cuda_emulation::fail(cudaErrorInvalidValue, "cudaMemsetAsync of a null pointer");
   std::memset(ptr, value, bytes);

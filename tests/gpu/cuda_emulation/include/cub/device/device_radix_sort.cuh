@@ -1,10 +1,12 @@
 /*!
  * \file device_radix_sort.cuh
  * \brief cub::DeviceRadixSort::SortPairs on double buffers, emulated on the host: a stable sort
- *        of (key, value) pairs on key bits [begin_bit, end_bit) only, into the alternate
- *        buffers (the selector flips, so callers must read Current()). The temporary storage
- *        it asks for grows with the item count and is overwritten on every sort, so scratch
- *        that overlaps other buffers shows.
+ *        of (key, value) pairs on key bits [begin_bit, end_bit) only. As in CUB, where the
+ *        result lands depends on the number of passes: here every other sort leaves it in the
+ *        alternate buffers (flipping the selectors) and the others in the current ones, and the
+ *        buffers not holding it are overwritten, so a caller must read Current(). The temporary
+ *        storage it asks for grows with the item count and is overwritten on every sort, so
+ *        scratch that overlaps other buffers shows.
  */
 #ifndef DCNV2_MX_EMULATED_CUB_DEVICE_RADIX_SORT_CUH_
 #define DCNV2_MX_EMULATED_CUB_DEVICE_RADIX_SORT_CUH_
@@ -40,7 +42,7 @@ struct DeviceRadixSort {
       return cudaSuccess;
     }
     if (!emu::stream_ok(stream, "cub::DeviceRadixSort::SortPairs"))
-      return emu::state().last_error;
+      return cudaErrorInvalidResourceHandle;
     if (temp_storage_bytes < needed || num_items < 0 || begin_bit < 0 || end_bit <= begin_bit ||
         end_bit > static_cast<int>(sizeof(Key) * 8))
       return emu::fail(cudaErrorInvalidValue, "cub::DeviceRadixSort::SortPairs arguments");
@@ -48,17 +50,22 @@ struct DeviceRadixSort {
     const Key mask = end_bit - begin_bit == static_cast<int>(sizeof(Key) * 8)
                          ? ~Key(0)
                          : static_cast<Key>((Key(1) << (end_bit - begin_bit)) - 1);
-    const Key* keys = d_keys.Current();
+    const std::vector<Key> keys(d_keys.Current(), d_keys.Current() + num_items);
+    const std::vector<Value> values(d_values.Current(), d_values.Current() + num_items);
     auto digit = [&](int i) { return static_cast<Key>((keys[i] >> begin_bit) & mask); };
     std::vector<int> order(num_items);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return digit(a) < digit(b); });
-    for (int i = 0; i < num_items; ++i) {
-      d_keys.Alternate()[i] = keys[order[i]];
-      d_values.Alternate()[i] = d_values.Current()[order[i]];
+    if (emu::state().sorts++ % 2 == 0) {
+      d_keys.selector ^= 1;
+      d_values.selector ^= 1;
     }
-    d_keys.selector ^= 1;
-    d_values.selector ^= 1;
+    std::memset(d_keys.Alternate(), 0xFF, sizeof(Key) * num_items);
+    std::memset(d_values.Alternate(), 0xFF, sizeof(Value) * num_items);
+    for (int i = 0; i < num_items; ++i) {
+      d_keys.Current()[i] = keys[order[i]];
+      d_values.Current()[i] = values[order[i]];
+    }
     return cudaSuccess;
   }
 };

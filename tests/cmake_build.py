@@ -1,0 +1,25 @@
+"""Builds variants of the library from source for the tests that need one (the OpenBLAS-only
+build, the build with emulated CUDA), with the CMake and Ninja of PyPI's cmake and ninja
+packages (test requirements)."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build_library(build_dir, *options):
+    """Path of libdcnv2_mx.so configured with the CMake `options` ("-DNAME=VALUE") and built in
+    `build_dir` (Release); raises AssertionError with CMake's output if either step fails."""
+    import cmake
+    import ninja
+
+    cmake_bin = os.path.join(cmake.CMAKE_BIN_DIR, "cmake")
+    configure = [cmake_bin, "-S", ROOT, "-B", str(build_dir), "-G", "Ninja",
+                 f"-DCMAKE_MAKE_PROGRAM={os.path.join(ninja.BIN_DIR, 'ninja')}",
+                 f"-DPython3_EXECUTABLE={sys.executable}", "-DCMAKE_BUILD_TYPE=Release",
+                 *options]
+    for command in (configure, [cmake_bin, "--build", str(build_dir), "--parallel"]):
+        proc = subprocess.run(command, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return os.path.join(str(build_dir), "libdcnv2_mx.so")

@@ -1,0 +1,133 @@
+/*!
+ * \file op_driver.cc
+ * \brief Calls the operators the way MXNet does, through their registration with the extension
+ *        API (lib_api.h), with host buffers: the "gpu" entry points run the CUDA code on the
+ *        CUDA emulation, the "cpu" ones the OpenMP kernels. Built into the library only by
+ *        CMake's DCNV2_MX_CUDA_EMULATION (tests/gpu/test_emulated_mxnet_ops.py), so that the
+ *        GPU glue of the operators (device guard, dtype dispatch, scratch from alloc_gpu, the
+ *        stream from the resource, the backward argument layout) runs without a GPU.
+ *
+ * As in MXNet's calls (lib_api.cc, _opCallFCompute), backward takes the output gradient, the
+ * forward inputs and the forward output, and writes the gradient of every forward input.
+ */
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "include/cuda_runtime_api.h"
+#include "mxnet/lib_api.h"
+
+using mxnet::ext::CustomOp;
+using mxnet::ext::MXTensor;
+
+extern "C" {
+
+/*! \brief A dense tensor of a call: data, shape (ndim sizes) and MXNet's dtype code. */
+struct DcnDriverTensor {
+  void* data;
+  const int64_t* shape;
+  int ndim;
+  int dtype;
+};
+
+}  // extern "C"
+
+namespace {
+
+thread_local std::string last_error;
+
+/*! \brief The memory a call's resource hands out, freed with it (MXNet's temporary space). */
+struct Arena {
+  std::vector<std::unique_ptr<char[]>> blocks;
+
+  /*! \brief xpu_malloc_t: `size` bytes of 0xFF, so that a kernel that reads scratch it did not
+   *         write computes with NaN. */
+  static void* allocate(void* arena, int size) {
+    auto& blocks = static_cast<Arena*>(arena)->blocks;
+    blocks.emplace_back(new char[size > 0 ? size : 1]);
+    std::memset(blocks.back().get(), 0xFF, size > 0 ? size : 1);
+    return blocks.back().get();
+  }
+};
+
+/*!
+ * \brief Operator `name`'s function for `device` ("cpu" or "gpu"), forward or backward, found
+ *        as MXNet finds it (lib_api.cc's _opRegGet: the op's context lists); null if none.
+ */
+mxnet::ext::fcomp_t find_function(const char* name, const char* device, bool backward) {
+  auto* registry = mxnet::ext::Registry<CustomOp>::get();
+  for (int i = 0; i < registry->size(); ++i) {
+    CustomOp& op = registry->get(i);
+    if (std::strcmp(op.name, name) != 0) continue;
+    if (op.forward_ctx_cstr.empty() && op.backward_ctx_cstr.empty()) op.mapToVector();
+    const std::vector<const char*>& devices =
+        backward ? op.backward_ctx_cstr : op.forward_ctx_cstr;
+    for (size_t d = 0; d < devices.size(); ++d)
+      if (std::strcmp(devices[d], device) == 0)
+        return backward ? op.backward_fp[d] : op.forward_fp[d];
+  }
+  return nullptr;
+}
+
+std::vector<MXTensor> tensors(const DcnDriverTensor* specs, int count, const char* device,
+                              int dev_id) {
+  std::vector<MXTensor> result(count);
+  for (int i = 0; i < count; ++i)
+    result[i].setTensor(specs[i].data, static_cast<mxnet::ext::MXDType>(specs[i].dtype),
+                        specs[i].shape, specs[i].ndim, 0, mxnet::ext::MXContext(device, dev_id),
+                        mxnet::ext::kDefaultStorage);
+  return result;
+}
+
+/*! \brief The error messages the operator left, as MXNet would raise them, and clears them. */
+std::string take_error_messages() {
+  auto* messages = mxnet::ext::MXerrorMsgs::get();
+  std::string text;
+  for (int i = 0; i < messages->size(); ++i) {
+    std::unique_ptr<const std::string> message(messages->get(i));
+    text += (text.empty() ? "" : "\n") + *message;
+  }
+  return text;
+}
+
+}  // namespace
+
+extern "C" {
+
+/*!
+ * \brief Forward (backward = 0) or backward of operator `op_name` on `device` ("cpu" or "gpu")
+ *        number `dev_id`, with the attributes `keys` -> `values`, on `stream` (gpu). Returns 0,
+ *        or -1 with the message in dcnv2_emulation_op_error().
+ */
+int dcnv2_emulation_call_op(const char* op_name, const char* device, int dev_id, int backward,
+                            int num_attrs, const char* const* keys, const char* const* values,
+                            const DcnDriverTensor* inputs, int num_inputs,
+                            const DcnDriverTensor* outputs, int num_outputs, void* stream) {
+  const mxnet::ext::fcomp_t function = find_function(op_name, device, backward != 0);
+  if (function == nullptr) {
+    last_error = std::string("no ") + (backward ? "backward" : "forward") + " of " + op_name +
+                 " on " + device;
+    return -1;
+  }
+  std::unordered_map<std::string, std::string> attrs;
+  for (int i = 0; i < num_attrs; ++i) attrs[keys[i]] = values[i];
+  std::vector<MXTensor> in = tensors(inputs, num_inputs, device, dev_id);
+  std::vector<MXTensor> out = tensors(outputs, num_outputs, device, dev_id);
+  Arena arena;
+  const mxnet::ext::OpResource resource(Arena::allocate, &arena, Arena::allocate, &arena, stream,
+                                        nullptr, nullptr, nullptr, nullptr);
+  auto& emulator = cuda_emulation::state();
+  emulator.expected_stream = static_cast<cudaStream_t>(stream);  // the resource's stream only
+  const bool ok = function(attrs, &in, &out, resource) == mxnet::ext::MX_SUCCESS;
+  emulator.expected_stream = nullptr;
+  if (!ok) last_error = take_error_messages();
+  return ok ? 0 : -1;
+}
+
+/*! \brief The messages of the calling thread's last failed call. */
+const char* dcnv2_emulation_op_error(void) { return last_error.c_str(); }
+
+}  // extern "C"

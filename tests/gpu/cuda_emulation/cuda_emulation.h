@@ -79,9 +79,13 @@ __half operator+(__half, __half) = delete;
 __half operator-(__half, __half) = delete;
 __half operator*(__half, __half) = delete;
 __half operator/(__half, __half) = delete;
+__half operator-(__half) = delete;
 bool operator<(__half, __half) = delete;
 bool operator>(__half, __half) = delete;
+bool operator<=(__half, __half) = delete;
+bool operator>=(__half, __half) = delete;
 bool operator==(__half, __half) = delete;
+bool operator!=(__half, __half) = delete;
 
 enum cudaError_t {
   cudaSuccess = 0,

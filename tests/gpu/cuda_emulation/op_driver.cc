@@ -1,7 +1,7 @@
 /*!
  * \file op_driver.cc
- * \brief Calls the operators the way MXNet does, through their registration with the extension
- *        API (lib_api.h), with host buffers: the "gpu" entry points run the CUDA code on the
+ * \brief Calls the operators as MXNet's lib_api.cc does (_opRegGet, _opCallFCompute), through
+ *        their registration with the extension API, with host buffers: the "gpu" entry points run the CUDA code on the
  *        CUDA emulation, the "cpu" ones the OpenMP kernels. Built into the library only by
  *        CMake's DCNV2_MX_CUDA_EMULATION (tests/gpu/test_emulated_mxnet_ops.py), so that the
  *        GPU glue of the operators (device guard, dtype dispatch, scratch from alloc_gpu, the
@@ -12,7 +12,10 @@
  */
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <memory>
+#include <mutex>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -39,17 +42,30 @@ namespace {
 
 thread_local std::string last_error;
 
-/*! \brief The memory a call's resource hands out, freed with it (MXNet's temporary space). */
-struct Arena {
-  std::vector<std::unique_ptr<char[]>> blocks;
+/*! \brief One call at a time: the emulator's state is global. */
+std::mutex calls;
 
-  /*! \brief xpu_malloc_t: `size` bytes of 0xFF, so that a kernel that reads scratch it did not
-   *         write computes with NaN. */
-  static void* allocate(void* arena, int size) {
-    auto& blocks = static_cast<Arena*>(arena)->blocks;
-    blocks.emplace_back(new char[size > 0 ? size : 1]);
-    std::memset(blocks.back().get(), 0xFF, size > 0 ? size : 1);
-    return blocks.back().get();
+/*!
+ * \brief A call's temporary space as MXNet manages it: alloc_cpu and alloc_gpu both return the
+ *        one buffer of the call's workspace resource, grown (and moved) when a request is
+ *        larger. Every request refills it with 0xFF, so a kernel that reads scratch it did not
+ *        write computes with NaN, and an operator that took two blocks would find the first
+ *        overwritten, as it would be in MXNet.
+ */
+struct TempSpace {
+  std::unique_ptr<char[]> buffer;
+  size_t bytes = 0;
+
+  /*! \brief xpu_malloc_t. */
+  static void* allocate(void* space, int size) {
+    auto* self = static_cast<TempSpace*>(space);
+    if (size < 0) throw std::invalid_argument("temporary space of negative size requested");
+    if (static_cast<size_t>(size) > self->bytes || !self->buffer) {
+      self->buffer.reset(new char[size > 0 ? size : 1]);
+      self->bytes = static_cast<size_t>(size);
+    }
+    std::memset(self->buffer.get(), 0xFF, self->bytes);
+    return self->buffer.get();
   }
 };
 
@@ -82,20 +98,23 @@ std::vector<MXTensor> tensors(const DcnDriverTensor* specs, int count, const cha
   return result;
 }
 
-/*! \brief The error messages the operator left, as MXNet would raise them, and clears them. */
-std::string take_error_messages() {
+/*! \brief The error messages the operator left, as MXNet would raise them (the operator's
+ *         report_error replaces earlier ones). */
+std::string error_messages() {
   auto* messages = mxnet::ext::MXerrorMsgs::get();
   std::string text;
   for (int i = 0; i < messages->size(); ++i) {
     std::unique_ptr<const std::string> message(messages->get(i));
     text += (text.empty() ? "" : "\n") + *message;
   }
-  return text;
+  return text.empty() ? "the operator failed without a message" : text;
 }
 
 }  // namespace
 
 extern "C" {
+
+void dcnv2_emulation_expect_stream(void* stream);  // cuda_emulation.cc
 
 /*!
  * \brief Forward (backward = 0) or backward of operator `op_name` on `device` ("cpu" or "gpu")
@@ -106,25 +125,28 @@ int dcnv2_emulation_call_op(const char* op_name, const char* device, int dev_id,
                             int num_attrs, const char* const* keys, const char* const* values,
                             const DcnDriverTensor* inputs, int num_inputs,
                             const DcnDriverTensor* outputs, int num_outputs, void* stream) {
-  const mxnet::ext::fcomp_t function = find_function(op_name, device, backward != 0);
-  if (function == nullptr) {
-    last_error = std::string("no ") + (backward ? "backward" : "forward") + " of " + op_name +
-                 " on " + device;
-    return -1;
+  const std::lock_guard<std::mutex> lock(calls);
+  try {
+    const mxnet::ext::fcomp_t function = find_function(op_name, device, backward != 0);
+    if (function == nullptr)
+      throw std::invalid_argument(std::string("no ") + (backward ? "backward" : "forward") +
+                                  " of " + op_name + " on " + device);
+    std::unordered_map<std::string, std::string> attrs;
+    for (int i = 0; i < num_attrs; ++i) attrs[keys[i]] = values[i];
+    std::vector<MXTensor> in = tensors(inputs, num_inputs, device, dev_id);
+    std::vector<MXTensor> out = tensors(outputs, num_outputs, device, dev_id);
+    TempSpace space;
+    const mxnet::ext::OpResource resource(TempSpace::allocate, &space, TempSpace::allocate,
+                                          &space, stream, nullptr, nullptr, nullptr, nullptr);
+    dcnv2_emulation_expect_stream(stream);  // the resource's stream, and no other
+    const bool ok = function(attrs, &in, &out, resource) == mxnet::ext::MX_SUCCESS;
+    dcnv2_emulation_expect_stream(nullptr);
+    if (!ok) throw std::runtime_error(error_messages());
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
   }
-  std::unordered_map<std::string, std::string> attrs;
-  for (int i = 0; i < num_attrs; ++i) attrs[keys[i]] = values[i];
-  std::vector<MXTensor> in = tensors(inputs, num_inputs, device, dev_id);
-  std::vector<MXTensor> out = tensors(outputs, num_outputs, device, dev_id);
-  Arena arena;
-  const mxnet::ext::OpResource resource(Arena::allocate, &arena, Arena::allocate, &arena, stream,
-                                        nullptr, nullptr, nullptr, nullptr);
-  auto& emulator = cuda_emulation::state();
-  emulator.expected_stream = static_cast<cudaStream_t>(stream);  // the resource's stream only
-  const bool ok = function(attrs, &in, &out, resource) == mxnet::ext::MX_SUCCESS;
-  emulator.expected_stream = nullptr;
-  if (!ok) last_error = take_error_messages();
-  return ok ? 0 : -1;
+  return -1;
 }
 
 /*! \brief The messages of the calling thread's last failed call. */

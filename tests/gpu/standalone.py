@@ -18,13 +18,14 @@ CUDA and a GPU; it needs neither MXNet nor a CUDA build of it. Used by test_cuda
 DCNV2_STANDALONE_LIB names a prebuilt harness instead (e.g. built on a machine with nvcc).
 
 The same checks run without a GPU on an emulated build (`build --emulated`, `check --emulated`;
-the "emulated" half of test_cuda_standalone.py, and test_cuda_emulation.py): the CUDA sources compiled by the host C++ compiler against the host
-emulation of CUDA, cuBLAS and CUB in cuda_emulation/, on NumPy buffers. That verifies the
-kernels' logic (indexing, tiling, the GEMM calls, the sort-based deterministic gradient, the
-streams they use), not their execution on a GPU. `check --asan` runs them on an emulated build
-instrumented by AddressSanitizer, which stops at any out-of-bounds access; `check --tsan` on one
-instrumented by ThreadSanitizer that runs each launch on several host threads, which stops at
-any two GPU threads that touch the same element without atomics.
+the "emulated" half of test_cuda_standalone.py, and test_cuda_emulation.py): the CUDA sources
+compiled by the host C++ compiler against the host emulation of CUDA, cuBLAS and CUB in
+cuda_emulation/, on NumPy buffers. That verifies the kernels' logic (indexing, tiling, the GEMM
+calls, the sort-based deterministic gradient, the streams they use), not their execution on a
+GPU. `check --asan` runs them on an emulated build instrumented by AddressSanitizer, which stops
+at any out-of-bounds access; `check --tsan` on one instrumented by ThreadSanitizer that runs each
+launch on several host threads, which stops at any two GPU threads that touch the same element
+without atomics.
 """
 import collections
 import copy
@@ -912,26 +913,35 @@ def assert_reproducible(harness, runs, partial_runs):
             assert equal(grad, runs[0][name]), f"{name} grad differs when asked alone"
 
 
+def assert_reproducible_backward(harness, arrays, out_grad, dtype, backward, runs,
+                                 partial_wanted, expected_data_grad):
+    """backward(inputs, out_grad, wanted) (a deterministic harness backward of `arrays` as
+    `dtype`), `runs` times for every gradient and once per list of `partial_wanted`: every
+    gradient bit-identical (assert_reproducible), the data gradient close to the expected."""
+    b = harness.buffers
+
+    def body():
+        inputs = device_inputs(harness, arrays, dtype)
+        dout = b.put(out_grad, b.default_device)
+        full = [backward(inputs, dout, None) for _ in range(runs)]
+        return full, [backward(inputs, dout, wanted) for wanted in partial_wanted]
+
+    full, partial = b.on_side_stream(body, b.default_device)
+    assert_reproducible(harness, full, partial)
+    assert_close("data grad", b.get(full[0]["data"]), expected_data_grad, dtype)
+
+
 def check_determinism(harness, dtype):
     """The deterministic data gradient is bit-identical across runs when many samples share
     corners; requesting only some gradients gives the same values."""
-    b = harness.buffers
     problem = make_problem(DETERMINISM_CASE, dtype, offsets="clustered")
     spec = spec_of(problem)
     out_grad = random_out_grad(problem.out_shape, dtype, seed=5)
-
-    def body():
-        inputs = device_inputs(harness, problem.arrays, dtype)
-        dout = b.put(out_grad, b.default_device)
-        runs = [harness.backward(spec, inputs, dout, dtype, True) for _ in range(3)]
-        only_data = harness.backward(spec, inputs, dout, dtype, True, wanted=["data"])
-        only_weight = harness.backward(spec, inputs, dout, dtype, True, wanted=["weight"])
-        return runs, [only_data, only_weight]
-
-    runs, partial_runs = b.on_side_stream(body, b.default_device)
-    assert_reproducible(harness, runs, partial_runs)
-    expected = problem.reference_grads(out_grad.astype(np.float64))
-    assert_close("data grad", b.get(runs[0]["data"]), expected["data"], dtype)
+    assert_reproducible_backward(
+        harness, problem.arrays, out_grad, dtype,
+        lambda inputs, dout, wanted: harness.backward(spec, inputs, dout, dtype, True,
+                                                      wanted=wanted),
+        3, [["data"], ["weight"]], problem.reference_grads(out_grad.astype(np.float64))["data"])
 
 
 def check_non_finite_offsets(harness, dtype):
@@ -977,24 +987,14 @@ def check_psroi_case(harness, case, dtype, deterministic):
 def check_psroi_determinism(harness, dtype):
     """The deterministic PS-RoI data gradient is bit-identical across two runs when many RoIs
     overlap on one image; requesting only some gradients gives the same values."""
-    b = harness.buffers
     problem = make_psroi_problem(PSROI_DETERMINISM_CASE, dtype)
     spec = problem.spec
     out_grad = random_out_grad(problem.out_shape, dtype, seed=5)
-
-    def body():
-        inputs = device_inputs(harness, problem.arrays, dtype)
-        dout = b.put(out_grad, b.default_device)
-        runs = [harness.psroi_backward(spec, inputs, dout, dtype, True) for _ in range(2)]
-        only_data = harness.psroi_backward(spec, inputs, dout, dtype, True, wanted=["data"])
-        only_trans_mask = harness.psroi_backward(spec, inputs, dout, dtype, True,
-                                                 wanted=["trans", "mask"])
-        return runs, [only_data, only_trans_mask]
-
-    runs, partial_runs = b.on_side_stream(body, b.default_device)
-    assert_reproducible(harness, runs, partial_runs)
-    _, expected = problem.reference(out_grad.astype(np.float64))
-    assert_close("data grad", b.get(runs[0]["data"]), expected["data"], dtype)
+    assert_reproducible_backward(
+        harness, problem.arrays, out_grad, dtype,
+        lambda inputs, dout, wanted: harness.psroi_backward(spec, inputs, dout, dtype, True,
+                                                            wanted=wanted),
+        2, [["data"], ["trans", "mask"]], problem.reference(out_grad.astype(np.float64))[1]["data"])
 
 
 def check_psroi_batch_index_outside(harness, dtype, deterministic):

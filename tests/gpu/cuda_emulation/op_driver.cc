@@ -1,8 +1,8 @@
 /*!
  * \file op_driver.cc
  * \brief Calls the operators as MXNet's lib_api.cc does (_opRegGet, _opCallFCompute), through
- *        their registration with the extension API, with host buffers: the "gpu" entry points run the CUDA code on the
- *        CUDA emulation, the "cpu" ones the OpenMP kernels. Built into the library only by
+ *        their registration with the extension API, with host buffers: the "gpu" entry points
+ *        run the CUDA code on the CUDA emulation, the "cpu" ones the OpenMP kernels. Built into the library only by
  *        CMake's DCNV2_MX_CUDA_EMULATION (tests/gpu/test_emulated_mxnet_ops.py), so that the
  *        GPU glue of the operators (device guard, dtype dispatch, scratch from alloc_gpu, the
  *        stream from the resource, the backward argument layout) runs without a GPU.

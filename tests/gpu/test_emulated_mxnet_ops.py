@@ -6,6 +6,7 @@ lib_api.cc does). That covers what the standalone harness does not: the operator
 alloc_gpu, the resource's stream, the backward argument layout, MXNET_ENFORCE_DETERMINISM, dtype
 errors), for both operators. Results are compared with the float64 references and with the CPU
 entry points of the same library. Building takes about 20 s on two cores."""
+import collections
 import ctypes
 
 import numpy as np
@@ -87,83 +88,74 @@ def driver(tmp_path_factory):
                                   "-DDCNV2_MX_CUDA_EMULATION=ON", "-DDCNV2_MX_ONEDNN=OFF"))
 
 
-def conv_call(case, dtype):
-    """(problem, op, params, inputs in positional order, output gradient) of a CASES problem."""
-    problem = standalone.make_problem(case, dtype)
+#: One operator call: operator name, attributes, input names and arrays (positional order),
+#: output shape, output gradient, and reference() -> float64 (output, gradients by name).
+OpCall = collections.namedtuple("OpCall", "op params names inputs out_shape out_grad reference")
+
+
+def conv_call(problem, dtype, seed=99):
+    """The OpCall of a convolution problem (standalone.ConvInputs) with inputs as `dtype`."""
     spec = standalone.spec_of(problem)
-    inputs = [np.ascontiguousarray(problem.arrays[k], dtype=dtype) for k in spec.inputs]
-    out_grad = standalone.random_out_grad(spec.out_shape, dtype)
-    return problem, CONV_OPS[spec.modulated], spec.params, inputs, out_grad
+    out_grad = standalone.random_out_grad(spec.out_shape, dtype, seed)
+    return OpCall(CONV_OPS[spec.modulated], spec.params, spec.inputs,
+                  [np.ascontiguousarray(problem.arrays[k], dtype=dtype) for k in spec.inputs],
+                  spec.out_shape, out_grad,
+                  lambda: (problem.reference(),
+                           problem.reference_grads(out_grad.astype(np.float64))))
 
 
-def psroi_call(case, dtype):
-    problem = standalone.make_psroi_problem(case, dtype)
+def psroi_call(problem, dtype, seed=99):
+    """The OpCall of a PS-RoI pooling problem (standalone.PSROIInputs)."""
     spec = problem.spec
-    inputs = [np.ascontiguousarray(problem.arrays[k], dtype=dtype) for k in spec.inputs]
-    out_grad = standalone.random_out_grad(spec.out_shape, dtype)
-    return problem, PSROI_OP, spec.params, inputs, out_grad
+    out_grad = standalone.random_out_grad(spec.out_shape, dtype, seed)
+    return OpCall(PSROI_OP, spec.params, spec.inputs,
+                  [np.ascontiguousarray(problem.arrays[k], dtype=dtype) for k in spec.inputs],
+                  spec.out_shape, out_grad,
+                  lambda: problem.reference(out_grad.astype(np.float64)))
 
 
-def assert_matches(names, out, grads, expected_out, expected_grads, dtype):
-    """The output and the gradients (in input order, named `names`) close to the expected."""
-    standalone.assert_results_close(out, dict(zip(names, grads)), expected_out, expected_grads,
-                                    dtype)
+#: Every problem of the standalone checks, by name: make(dtype) -> OpCall.
+CALLS = {**{f"conv-{name}": (lambda dtype, c=case: conv_call(standalone.make_problem(c, dtype),
+                                                               dtype))
+            for name, case in standalone.CASES.items()},
+         **{f"psroi-{name}": (lambda dtype, c=case: psroi_call(
+             standalone.make_psroi_problem(c, dtype), dtype))
+            for name, case in standalone.PSROI_CASES.items()}}
+
+
+def forward_backward(driver, call, device):
+    """(output, gradients by input name) of `call` on `device`."""
+    out, grads = driver.forward_backward(call.op, device, call.params, call.inputs,
+                                         call.out_shape, call.out_grad)
+    return out, dict(zip(call.names, grads))
 
 
 @pytest.mark.parametrize("dtype", sorted(standalone.TOLERANCES))
-@pytest.mark.parametrize("case", sorted(standalone.CASES))
-def test_convolution_on_gpu_matches_the_reference_and_the_cpu(driver, case, dtype):
-    problem, op, params, inputs, out_grad = conv_call(standalone.CASES[case], dtype)
-    names = standalone.spec_of(problem).inputs
-    out, grads = driver.forward_backward(op, "gpu", params, inputs, problem.out_shape, out_grad)
-    assert_matches(names, out, grads, problem.reference(),
-                   problem.reference_grads(out_grad.astype(np.float64)), dtype)
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_gpu_entry_points_match_the_reference_and_the_cpu(driver, name, dtype):
+    call = CALLS[name](dtype)
+    out, grads = forward_backward(driver, call, "gpu")
+    standalone.assert_results_close(out, grads, *call.reference(), dtype)
     if dtype != "float16":  # the CPU kernels take float32 and float64
-        cpu_out, cpu_grads = driver.forward_backward(op, "cpu", params, inputs,
-                                                     problem.out_shape, out_grad)
-        assert_matches(names, out, grads, cpu_out, dict(zip(names, cpu_grads)), dtype)
-
-
-@pytest.mark.parametrize("dtype", sorted(standalone.TOLERANCES))
-@pytest.mark.parametrize("case", sorted(standalone.PSROI_CASES))
-def test_psroi_pooling_on_gpu_matches_the_reference_and_the_cpu(driver, case, dtype):
-    problem, op, params, inputs, out_grad = psroi_call(standalone.PSROI_CASES[case], dtype)
-    names = problem.spec.inputs
-    out, grads = driver.forward_backward(op, "gpu", params, inputs, problem.out_shape, out_grad)
-    expected_out, expected_grads = problem.reference(out_grad.astype(np.float64))
-    assert_matches(names, out, grads, expected_out, expected_grads, dtype)
-    if dtype != "float16":
-        cpu_out, cpu_grads = driver.forward_backward(op, "cpu", params, inputs,
-                                                     problem.out_shape, out_grad)
-        assert_matches(names, out, grads, cpu_out, dict(zip(names, cpu_grads)), dtype)
+        standalone.assert_results_close(out, grads, *forward_backward(driver, call, "cpu"),
+                                        dtype)
 
 
 def clustered_calls():
-    """(op, params, inputs, output shape, output gradient) of a float32 convolution whose samples
-    all share four cells and of a PS-RoI pooling with many overlapping RoIs on one image: their
-    data gradients collide."""
-    conv = standalone.make_problem(standalone.DETERMINISM_CASE, "float32", offsets="clustered")
-    conv_spec = standalone.spec_of(conv)
-    psroi = standalone.make_psroi_problem(standalone.PSROI_DETERMINISM_CASE, "float32")
-    calls = []
-    for op, params, arrays, names, out_shape in [
-            (CONV_OPS[True], conv_spec.params, conv.arrays, conv_spec.inputs, conv_spec.out_shape),
-            (PSROI_OP, psroi.spec.params, psroi.arrays, psroi.spec.inputs, psroi.out_shape)]:
-        inputs = [np.ascontiguousarray(arrays[k], dtype="float32") for k in names]
-        calls.append((op, params, inputs, out_shape,
-                      standalone.random_out_grad(out_shape, "float32", seed=5)))
-    return calls
+    """float32 OpCalls of a convolution whose samples all share four cells and of a PS-RoI
+    pooling with many overlapping RoIs on one image: their data gradients collide."""
+    return [conv_call(standalone.make_problem(standalone.DETERMINISM_CASE, "float32",
+                                              offsets="clustered"), "float32", seed=5),
+            psroi_call(standalone.make_psroi_problem(standalone.PSROI_DETERMINISM_CASE,
+                                                     "float32"), "float32", seed=5)]
 
 
 @pytest.mark.parametrize("call", clustered_calls(), ids=["convolution", "psroi"])
 def test_enforce_determinism_selects_the_fixed_order_data_gradient(driver, monkeypatch, call):
     """MXNET_ENFORCE_DETERMINISM, read at every call, makes the data gradient bit-identical;
     without it the atomic one rounds differently as the emulated thread order changes."""
-    op, params, inputs, out_shape, out_grad = call
-
     def data_grads():
-        return [driver.forward_backward(op, "gpu", params, inputs, out_shape, out_grad)[1][0]
-                for _ in range(3)]
+        return [forward_backward(driver, call, "gpu")[1]["data"] for _ in range(3)]
 
     monkeypatch.delenv("MXNET_ENFORCE_DETERMINISM", raising=False)
     atomic = data_grads()
@@ -179,22 +171,21 @@ def test_enforce_determinism_selects_the_fixed_order_data_gradient(driver, monke
 def test_the_tensors_device_is_made_current(driver, call, backward):
     """gpu(1) runs on device 1: the emulation has only device 0, so the guard's switch fails
     with CUDA's error, reported by the operator."""
-    op, params, inputs, out_shape, out_grad = call
-    out = np.empty(out_shape, dtype="float32")
+    out = np.empty(call.out_shape, dtype="float32")
     if backward:
-        inputs, outputs = [out_grad, *inputs, out], [np.empty_like(a) for a in inputs]
+        inputs = [call.out_grad, *call.inputs, out]
+        outputs = [np.empty_like(a) for a in call.inputs]
     else:
-        outputs = [out]
+        inputs, outputs = call.inputs, [out]
     with pytest.raises(RuntimeError, match=r"cudaSetDevice failed: cudaErrorInvalidDevice "
                                            r"\(device 1"):
-        driver.call(op, "gpu", backward, params, inputs, outputs, dev_id=1)
+        driver.call(call.op, "gpu", backward, call.params, inputs, outputs, dev_id=1)
 
 
 @pytest.mark.parametrize("call", clustered_calls(), ids=["convolution", "psroi"])
 def test_gpu_dtype_errors_name_the_dtypes(driver, call):
-    op, params, inputs, out_shape, _ = call
-    ints = [a.astype(np.int32) for a in inputs]
-    out = np.empty(out_shape, dtype=np.int32)
+    ints = [a.astype(np.int32) for a in call.inputs]
+    out = np.empty(call.out_shape, dtype=np.int32)
     with pytest.raises(RuntimeError, match=r"dtype int32 is not supported on GPU \(use float32, "
                                            r"float64 or float16\)"):
-        driver.call(op, "gpu", False, params, ints, [out])
+        driver.call(call.op, "gpu", False, call.params, ints, [out])

@@ -112,6 +112,6 @@ setup(
     extras_require={"test": ["pytest", "hypothesis"],
                     "gluoncv": ["gluoncv==0.10.5.post0"],
                     "cli": ["matplotlib", "tqdm"]},
-    entry_points={"console_scripts": ["dcnv2-mx=dcnv2_mx.cli:main"]},
+    entry_points={"console_scripts": ["dcnv2-mx=dcnv2_mx.tools.cli:main"]},
     zip_safe=False,
 )

@@ -5,7 +5,7 @@ Set OMP_NUM_THREADS to the thread count to measure (the published table uses 2).
 """
 import sys
 
-from dcnv2_mx.cli import main
+from dcnv2_mx.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench"] + sys.argv[1:]))

@@ -1,12 +1,14 @@
 """Random deformable convolution problems and their float64 reference results, without MXNet
-(tests/gpu uses them on machines that have a GPU but no CUDA build of MXNet)."""
+(tests/gpu uses them on machines that have a GPU but no CUDA build of MXNet; there
+tests/gpu/standalone.py provides the reference module without importing dcnv2_mx)."""
 import numpy as np
 
-from reference import deform_conv2d_backward, deform_conv2d_forward, output_size, sample_positions
+from dcnv2_mx.tools.reference.conv import (deform_conv2d_backward, deform_conv2d_forward,
+                                           output_size, sample_positions)
 
 #: Fractional part of every random sampling position lies in this range, so that finite
-#: differences never cross a bilinear cell edge or the border at -1 / H (SPEC: the peers differ
-#: at samples exactly on integer coordinates).
+#: differences never cross a bilinear cell edge or the border at -1 / H (docs/semantics.md: the
+#: peers differ at samples exactly on integer coordinates).
 FRACTION_RANGE = (0.1, 0.9)
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import dcnv2_mx
-from dcnv2_mx import cli, demo, selfcheck
+from dcnv2_mx.tools import cli, demo, selfcheck
+from dcnv2_mx.tools.reference.conv import deform_conv2d_forward
+from dcnv2_mx.tools.reference.psroi import psroi_pooling
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-HAS_POOLING = hasattr(mx.nd.contrib, "ModulatedDeformablePSROIPooling")
 
 
 def assert_png(path):
@@ -44,14 +45,14 @@ def test_check_passes_on_cpu(capsys):
     rows = [line for line in out.splitlines() if line.startswith("cpu(0)")]
     assert rows and all(" PASS " in row for row in rows), out
     checks = {(row.split()[1], row.split()[2]) for row in rows}
-    for op in ("DeformableConvolutionV2", "DeformableConvolutionV1") + (
-            ("ModulatedDeformablePSROIPooling",) if HAS_POOLING else ()):
+    for op in ("DeformableConvolutionV2", "DeformableConvolutionV1",
+               "ModulatedDeformablePSROIPooling"):
         assert {(op, "forward"), (op, "gradient")} <= checks
 
 
 def test_check_fails_when_the_conv_reference_is_wrong(monkeypatch, capsys):
-    reference = selfcheck.conv_reference
-    monkeypatch.setattr(selfcheck, "conv_reference",
+    reference = selfcheck.deform_conv2d_forward
+    monkeypatch.setattr(selfcheck, "deform_conv2d_forward",
                         lambda *args, **kwargs: reference(*args, **kwargs) * (1 + 1e-3))
     assert cli.main(["check", "--ctx", "cpu"]) == 1
     out = capsys.readouterr().out
@@ -61,10 +62,9 @@ def test_check_fails_when_the_conv_reference_is_wrong(monkeypatch, capsys):
     assert all(line.split()[2] == "forward" for line in failed)
 
 
-@pytest.mark.skipif(not HAS_POOLING, reason="ModulatedDeformablePSROIPooling not built")
 def test_check_fails_when_the_pooling_reference_is_wrong(monkeypatch, capsys):
-    reference = selfcheck.psroi_reference
-    monkeypatch.setattr(selfcheck, "psroi_reference",
+    reference = selfcheck.psroi_pooling
+    monkeypatch.setattr(selfcheck, "psroi_pooling",
                         lambda *args, **kwargs: reference(*args, **kwargs) + 1e-3)
     assert cli.main(["check", "--ctx", "cpu"]) == 1
     failed = [line.split()[1:4] for line in capsys.readouterr().out.splitlines()
@@ -90,9 +90,9 @@ def test_conv_reference_is_a_convolution_for_zero_offsets_and_unit_mask():
                                  mx.nd.array(bias, dtype="float64"), num_filter=6,
                                  **params).asnumpy()
     ho, wo = expected.shape[2:]
-    got = selfcheck.conv_reference(data, np.zeros((2, 36, ho, wo)), np.ones((2, 18, ho, wo)),
-                                   weight, bias, params["stride"], params["pad"],
-                                   params["dilate"], num_group=2, num_deformable_group=2)
+    got = deform_conv2d_forward(data, np.zeros((2, 36, ho, wo)), np.ones((2, 18, ho, wo)),
+                                weight, bias, params["stride"], params["pad"], params["dilate"],
+                                groups=2, deformable_groups=2)
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -106,7 +106,7 @@ def test_psroi_reference_matches_mxnet_builtin_without_mask():
                   sample_per_part=2, trans_std=0.1)
     expected = mx.nd.contrib.DeformablePSROIPooling(
         *(mx.nd.array(a, dtype="float64") for a in (data, rois, trans)), **params).asnumpy()
-    got = selfcheck.psroi_reference(data, rois, trans, None, **params)
+    got = psroi_pooling(data, rois, trans, None, **params)
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -118,7 +118,7 @@ def test_bench_quick_prints_ratio_tables_and_draws_the_plot(tmp_path):
     for case in ("tiny", "tiny_dg2_s2"):
         assert any(line.startswith(case + " ") and line.count("x ") >= 3
                    for line in out.splitlines()), out
-    assert ("psroi_tiny" in out) and ("fwd vs builtin" in out if HAS_POOLING else "skipped" in out)
+    assert "psroi_tiny" in out and "fwd vs builtin" in out
     assert "bench" in err  # the progress bar
     assert_png(plot)
 

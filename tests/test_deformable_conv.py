@@ -13,34 +13,7 @@ import numpy as np
 import pytest
 from mxnet.base import MXNetError
 
-#: The parameter grid. Together the cases cover batch 1, 2 and 3 with im2col_step 2 (so also a
-#: batch neither below nor divisible by it), num_group 1 and 2, num_deformable_group 1, 2 and 3,
-#: kernels 3x3, 1x1, 3x2 and 5x5, stride (2, 1), pad (1, 0), dilate (2, 1), num_filter not
-#: divisible by num_deformable_group, no_bias and DCNv1. Sizes are tiny: the numerical gradient
-#: perturbs every input element.
-CASES = {
-    "b1-k3x3": dict(batch=1, channels=2, height=4, width=4, num_filter=2, kernel=(3, 3)),
-    "b2-k3x2-s21-p10-d21-g2-dg2": dict(
-        batch=2, channels=4, height=5, width=4, num_filter=2, kernel=(3, 2), stride=(2, 1),
-        pad=(1, 0), dilate=(2, 1), num_group=2, num_deformable_group=2),
-    "b3-k1x1-dg3-f2": dict(batch=3, channels=3, height=4, width=4, num_filter=2, kernel=(1, 1),
-                           pad=(0, 0), num_deformable_group=3),
-    "b1-k5x5-g2": dict(batch=1, channels=2, height=6, width=6, num_filter=2, kernel=(5, 5),
-                       pad=(0, 0), num_group=2),
-    "b2-k3x3-s21-p10-d21-g2-dg3-nobias": dict(
-        batch=2, channels=6, height=4, width=5, num_filter=4, kernel=(3, 3), stride=(2, 1),
-        pad=(1, 0), dilate=(2, 1), num_group=2, num_deformable_group=3, no_bias=True),
-    "v1-b2-k3x2-p10-g2-dg2": dict(
-        batch=2, channels=4, height=3, width=3, num_filter=2, kernel=(3, 2), pad=(1, 0),
-        num_group=2, num_deformable_group=2, modulated=False),
-    "v1-b3-k1x1-dg1": dict(batch=3, channels=2, height=3, width=4, num_filter=3, kernel=(1, 1),
-                           pad=(0, 0), modulated=False),
-}
-
-
-def cases(*names):
-    """pytest parameters of the named CASES (all when no name is given), with their ids."""
-    return [pytest.param(CASES[n], id=n) for n in (names or CASES)]
+from helpers import CASES, cases
 
 
 def assert_covers_borders(problem):
@@ -157,9 +130,9 @@ def test_forward_matches_mxnet_builtin(make_problem, case, dtype, rtol, atol):
 
 
 def test_dcnv1_matches_mxnet_deformable_convolution_inside_the_map(make_problem, rng):
-    """MXNet's DeformableConvolution follows an older border rule (SPEC), so it agrees with
-    DeformableConvolutionV1 where every sample lies inside [0, H-1] x [0, W-1] — and disagrees
-    once samples reach the (-1, 0) and (H-1, H) bands."""
+    """MXNet's DeformableConvolution follows an older border rule (docs/semantics.md), so it
+    agrees with DeformableConvolutionV1 where every sample lies inside [0, H-1] x [0, W-1] — and
+    disagrees once samples reach the (-1, 0) and (H-1, H) bands."""
     problem = make_problem(batch=2, channels=4, height=6, width=5, num_filter=4,
                            kernel=(3, 2), stride=(2, 1), pad=(1, 0), dilate=(1, 2),
                            num_group=2, num_deformable_group=2, modulated=False,

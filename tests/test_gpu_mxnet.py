@@ -7,9 +7,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from psroi_reference import psroi_pooling
-from test_deformable_conv import CASES, cases
-from test_psroi_pooling import make_inputs, ours
+from dcnv2_mx.tools.reference.psroi import psroi_pooling
+from helpers import CASES, cases, make_inputs, ours
 
 pytestmark = pytest.mark.skipif(
     mx.context.num_gpus() == 0,

@@ -13,39 +13,10 @@ import numpy as np
 import pytest
 
 import dcnv2_mx
-from psroi_reference import bin_sample_positions, part_index, psroi_pooling
+from dcnv2_mx.tools.reference.psroi import bin_sample_positions, part_index, psroi_pooling
+from helpers import make_inputs, ours
 
 OP = "ModulatedDeformablePSROIPooling"
-
-
-def make_inputs(rng, *, batch=2, output_dim=4, group_size=3, height=9, width=8, num_rois=4,
-                num_classes=2, part=3, spatial_scale=0.5):
-    """Random data, RoIs (some partly outside the image), trans and mask in float64."""
-    data = rng.uniform(-1, 1, (batch, output_dim * group_size ** 2, height, width))
-    img_h, img_w = height / spatial_scale, width / spatial_scale
-    rois = np.zeros((num_rois, 5))
-    rois[:, 0] = rng.randint(0, batch, num_rois)
-    rois[:, 1] = rng.uniform(-0.3 * img_w, 0.7 * img_w, num_rois)
-    rois[:, 2] = rng.uniform(-0.3 * img_h, 0.7 * img_h, num_rois)
-    rois[:, 3] = rois[:, 1] + rng.uniform(2, 0.8 * img_w, num_rois)
-    rois[:, 4] = rois[:, 2] + rng.uniform(2, 0.8 * img_h, num_rois)
-    trans = rng.normal(0, 1, (num_rois, 2 * num_classes, part, part))
-    mask = rng.uniform(0, 1, (num_rois, num_classes, part, part))
-    return data, rois, trans, mask
-
-
-def ours(data, rois, trans=None, mask=None, out_grad=None, dtype="float64", **params):
-    """Our operator on NDArrays: out, and with out_grad also the input gradients."""
-    arrays = {k: mx.nd.array(v, dtype=dtype) for k, v in
-              dict(data=data, rois=rois, trans=trans, mask=mask).items() if v is not None}
-    if out_grad is None:
-        return mx.nd.contrib.ModulatedDeformablePSROIPooling(**arrays, **params).asnumpy()
-    for a in arrays.values():
-        a.attach_grad()
-    with mx.autograd.record():
-        out = mx.nd.contrib.ModulatedDeformablePSROIPooling(**arrays, **params)
-    out.backward(mx.nd.array(out_grad, dtype=dtype))
-    return out.asnumpy(), {k: a.grad.asnumpy() for k, a in arrays.items()}
 
 
 def mxnet_builtin(data, rois, trans, out_grad, dtype="float64", **params):
@@ -354,9 +325,9 @@ def test_backward_is_deterministic_across_runs_and_thread_counts():
     script = (
         "import pickle, sys\n"
         f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-        "import dcnv2_mx, test_psroi_pooling as t\n"
+        "import dcnv2_mx, helpers\n"
         "args, params = pickle.load(sys.stdin.buffer)\n"
-        "pickle.dump(t.ours(*args, **params)[1], sys.stdout.buffer)\n")
+        "pickle.dump(helpers.ours(*args, **params)[1], sys.stdout.buffer)\n")
     env = dict(os.environ, OMP_NUM_THREADS="3")
     proc = subprocess.run([sys.executable, "-c", script], input=pickle.dumps((args, BASE)),
                           capture_output=True, env=env)

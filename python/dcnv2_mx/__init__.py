@@ -6,6 +6,10 @@ Importing the package loads the compiled operators into MXNet and installs keywo
   (modulated deformable convolution, DCNv2) and ``...DeformableConvolutionV1`` (offsets only);
 * ``mx.sym.contrib.ModulatedDeformablePSROIPooling`` and its ``mx.nd.contrib`` twin (modulated
   deformable PS-RoI pooling; without a mask, MXNet's DeformablePSROIPooling).
+
+``dcnv2_mx.gluon`` (the Gluon blocks) comes with it; ``dcnv2_mx.gluoncv`` needs GluonCV and is
+imported explicitly. The command line and the NumPy references live in ``dcnv2_mx.tools``.
+The operators' exact semantics: docs/semantics.md.
 """
 from . import library as _library
 
@@ -18,3 +22,5 @@ from .ops import (  # noqa: E402,F401
     DeformableConvolutionV1, DeformableConvolutionV2, ModulatedDeformablePSROIPooling)
 
 ops.install()
+
+from . import gluon  # noqa: E402,F401  (uses the installed keyword operators)

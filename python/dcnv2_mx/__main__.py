@@ -1,6 +1,6 @@
-"""``python -m dcnv2_mx``: see dcnv2_mx.cli."""
+"""``python -m dcnv2_mx``: see dcnv2_mx.tools.cli."""
 import sys
 
-from dcnv2_mx.cli import main
+from dcnv2_mx.tools.cli import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 
 The kernels and their C ABI (src/operator/contrib/cuda/standalone_capi.cu) are built into a shared
 library with nvcc and cuBLAS, driven through ctypes on PyTorch CUDA tensors, and compared with the
-float64 NumPy references (tests/reference.py, tests/psroi_reference.py) on the same inputs:
+float64 NumPy references (python/dcnv2_mx/tools/reference/conv.py, psroi.py) on the same inputs:
 forward and every gradient, in float64, float32 and float16, with atomic and deterministic data
 gradients; for the convolution also under tilings forced by small scratch budgets. A timing
 compares the convolution with PyTorch's cuDNN 3x3 convolution and times the PS-RoI pooling alone.
@@ -32,6 +32,7 @@ import copy
 import ctypes
 import glob
 import hashlib
+import importlib.util
 import itertools
 import os
 import shutil
@@ -50,8 +51,26 @@ CONTRIB = os.path.join(ROOT, "src", "operator", "contrib")
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
+
+def _provide_references():
+    """Makes the NumPy references importable as dcnv2_mx.tools.reference.{conv,psroi} from this
+    source tree's files without importing the package dcnv2_mx, which would load the operators
+    into MXNet: this harness needs neither. Under pytest the package is already imported."""
+    folder = os.path.join(ROOT, "python", "dcnv2_mx", "tools", "reference")
+    for name in ("conv", "psroi"):
+        module_name = f"dcnv2_mx.tools.reference.{name}"
+        if module_name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(module_name,
+                                                          os.path.join(folder, name + ".py"))
+            sys.modules[module_name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(sys.modules[module_name])
+
+
+_provide_references()
+
 from conv_problem import ConvInputs  # noqa: E402
-from psroi_reference import bin_sample_positions, part_index, psroi_pooling  # noqa: E402
+from dcnv2_mx.tools.reference.psroi import (  # noqa: E402
+    bin_sample_positions, part_index, psroi_pooling)
 
 #: Sources of the harness: the CUDA kernels, their C ABI, tiling and parameter parsing.
 SOURCES = ("cuda/deformable_conv_cuda.cu", "cuda/psroi_pooling_cuda.cu",
@@ -655,7 +674,7 @@ def samples_keep_clear(positions, height, width, offsets):
 
 class PSROIInputs:
     """One (modulated) deformable PS-RoI pooling call: its parameters, random inputs holding
-    values of `dtype` (stored as float64) and its float64 reference results (psroi_reference).
+    values of `dtype` (stored as float64) and its float64 reference results (reference.psroi).
 
     Attributes: `params` (the operator's keyword parameters, no_trans and no_mask included),
     `spec` (PSROISpec), `roi_kinds` (the kind, ROI_KINDS, of each RoI) and `arrays` (in input

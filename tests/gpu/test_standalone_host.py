@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import standalone
-from psroi_reference import roi_window
+from dcnv2_mx.tools.reference.psroi import roi_window
 
 
 @pytest.mark.parametrize("dtype", sorted(standalone.TOLERANCES))

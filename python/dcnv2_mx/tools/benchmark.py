@@ -73,8 +73,8 @@ POOL_CASE = PoolCase("psroi", 256, 50, 68, 512, 7, 2)
 QUICK_POOL_CASE = PoolCase("psroi_tiny", 8, 10, 12, 16, 3, 2)
 
 #: The timings of one case: median milliseconds and peak MiB (None where not measured) per
-#: contender such as "ours fwd", and a note (e.g. why the case was skipped).
-Result = collections.namedtuple("Result", "case times memory note")
+#: contender such as "ours fwd".
+Result = collections.namedtuple("Result", "case times memory")
 
 _MMAP_THRESHOLD = -3  # glibc's M_MMAP_THRESHOLD
 
@@ -233,7 +233,7 @@ def _peak_memory_child(cases, pool_case, seed):
 
     rng = np.random.default_rng(seed)
     makers = [(case, _conv_contenders) for case in cases]
-    if pool_case is not None and hasattr(mx.nd.contrib, "ModulatedDeformablePSROIPooling"):
+    if pool_case is not None:
         makers.append((pool_case, _pool_contenders))
     memory = {}
     for case, make in makers:
@@ -255,22 +255,17 @@ def run(cases=CASES, pool_case=POOL_CASE, repeat=10, warmup=2, ctx=None, seed=0)
     """Runs the suite; yields one Result per case (the pooling case last), as it completes.
 
     cases: Case tuples; pool_case: a PoolCase or None. repeat: timed runs per contender;
-    warmup: untimed runs first. The pooling case is yielded with a note and no times when this
-    build has no ModulatedDeformablePSROIPooling.
+    warmup: untimed runs first.
     """
     ctx = ctx or mx.cpu()
     rng = np.random.default_rng(seed)
     memory = _peak_memory(cases, pool_case, seed) if ctx.device_type == "cpu" else {}
     for case in cases:
         times = _time_contenders(_conv_contenders(case, ctx, rng), repeat, warmup)
-        yield Result(case, times, memory.get(case.name, {}), "")
+        yield Result(case, times, memory.get(case.name, {}))
     if pool_case is not None:
-        if not hasattr(mx.nd.contrib, "ModulatedDeformablePSROIPooling"):
-            yield Result(pool_case, {}, {},
-                         "skipped: ModulatedDeformablePSROIPooling is not in this build")
-            return
         times = _time_contenders(_pool_contenders(pool_case, ctx, rng), repeat, warmup)
-        yield Result(pool_case, times, memory.get(pool_case.name, {}), "")
+        yield Result(pool_case, times, memory.get(pool_case.name, {}))
 
 
 def machine_summary(ctx=None):
@@ -308,13 +303,12 @@ def format_results(results):
     for r in results:
         t, m = r.times, r.memory
         if isinstance(r.case, PoolCase):
-            pool_rows.append([r.case.name, _shape_text(r.case)] + (
-                [r.note] if r.note else
-                [_ratio(t["ours fwd"], t["builtin fwd"]),
-                 _ratio(t["ours fwd+bwd"], t["builtin fwd+bwd"]),
-                 _ms(t["builtin fwd"]), _ms(t["ours fwd"]), _ms(t["builtin fwd+bwd"]),
-                 _ms(t["ours fwd+bwd"]),
-                 f"{_mib(m.get('builtin fwd+bwd'))} / {_mib(m.get('ours fwd+bwd'))}"]))
+            pool_rows.append([
+                r.case.name, _shape_text(r.case), _ratio(t["ours fwd"], t["builtin fwd"]),
+                _ratio(t["ours fwd+bwd"], t["builtin fwd+bwd"]),
+                _ms(t["builtin fwd"]), _ms(t["ours fwd"]), _ms(t["builtin fwd+bwd"]),
+                _ms(t["ours fwd+bwd"]),
+                f"{_mib(m.get('builtin fwd+bwd'))} / {_mib(m.get('ours fwd+bwd'))}"])
             continue
         conv_rows.append([
             r.case.name, _shape_text(r.case),
@@ -332,8 +326,7 @@ def format_results(results):
     if pool_rows:
         tables.append(format_table(
             ["case", "shape", "fwd vs builtin", "f+b vs builtin", "builtin fwd ms",
-             "ours fwd ms", "builtin f+b ms", "ours f+b ms", "peak MiB f+b builtin / ours"]
-            if any(len(row) > 3 for row in pool_rows) else ["case", "shape", "note"],
+             "ours fwd ms", "builtin f+b ms", "ours f+b ms", "peak MiB f+b builtin / ours"],
             pool_rows))
     return "\n\n".join(tables)
 
@@ -346,7 +339,7 @@ def plot_results(results, path, title=None):
     import matplotlib.pyplot as plt
 
     conv = [r for r in results if isinstance(r.case, Case)]
-    pool = [r for r in results if isinstance(r.case, PoolCase) and r.times]
+    pool = [r for r in results if isinstance(r.case, PoolCase)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw=dict(
         width_ratios=[max(len(conv), 1), max(len(pool), 1) + 0.6]))
     series = (("builtin DCNv2 fwd / conv fwd", "builtin fwd", "conv fwd", "#bbbbbb"),

@@ -3,12 +3,14 @@
 On every requested device it checks, with small fixed-seed inputs:
 
 * forward parity of ``DeformableConvolutionV2``/``V1`` and ``ModulatedDeformablePSROIPooling``
-  with compact float64 NumPy references kept in this module (the package must check itself
-  without the source tree's ``tests/``), in float64 and float32, and float16 on GPUs;
+  with the float64 NumPy references of :mod:`dcnv2_mx.tools.reference` (the ones the tests use;
+  they ship with the package, so an installed package checks itself), in float64 and float32,
+  and float16 on GPUs;
 * gradients of every input against central differences of the operator itself, in float64;
 * on a GPU, outputs and gradients against the same computation on the CPU.
 
-The references are looked up at call time, so a test can replace them to make the check fail.
+The references are looked up in this module's namespace at call time, so a test can replace
+them (``deform_conv2d_forward``, ``psroi_pooling``) to make the check fail.
 """
 import collections
 import math
@@ -18,120 +20,19 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd
 
-__all__ = ["CheckResult", "conv_reference", "psroi_reference", "contexts", "run_checks",
-           "format_results", "TOLERANCES"]
+from .reference.conv import deform_conv2d_forward
+from .reference.psroi import psroi_pooling
 
-#: One line of the pass/fail table. error and tolerance are None for skipped checks.
+__all__ = ["CheckResult", "contexts", "run_checks", "format_results", "TOLERANCES"]
+
+#: One line of the pass/fail table. error and tolerance are None when the operator raised.
 CheckResult = collections.namedtuple(
     "CheckResult", "device operator check dtype error tolerance status note")
 
 #: Tolerances on the scaled error (see _scaled_error) per check and dtype.
 TOLERANCES = {("forward", "float64"): 1e-10, ("forward", "float32"): 2e-5,
-              ("forward", "float16"): 1e-2,
-                   ("gradient", "float64"): 1e-6,
-                   ("cpu parity", "float64"): 1e-10, ("cpu parity", "float32"): 2e-5}
-
-
-def conv_reference(data, offset, mask, weight, bias, stride, pad, dilate, num_group,
-                   num_deformable_group):
-    """Modulated deformable convolution in float64 NumPy, the rule of SPEC.md.
-
-    data (N, C, H, W), offset (N, 2*dg*kh*kw, Ho, Wo), mask (N, dg*kh*kw, Ho, Wo) or None
-    (DCNv1), weight (F, C/num_group, kh, kw), bias (F,) or None. Returns (N, F, Ho, Wo).
-    """
-    data, offset, weight = (np.asarray(a, np.float64) for a in (data, offset, weight))
-    n, c, h, w = data.shape
-    f, _, kh, kw = weight.shape
-    ho, wo = offset.shape[2:]
-    taps, dg = kh * kw, num_deformable_group
-    off = offset.reshape(n, dg, taps, 2, ho, wo)
-    tap_i, tap_j = np.divmod(np.arange(taps), kw)
-    py = ((np.arange(ho) * stride[0] - pad[0])[None, None, None, :, None]
-          + (tap_i * dilate[0])[None, None, :, None, None] + off[:, :, :, 0])
-    px = ((np.arange(wo) * stride[1] - pad[1])[None, None, None, None, :]
-          + (tap_j * dilate[1])[None, None, :, None, None] + off[:, :, :, 1])
-    # Each deformable group samples its own channels at its own points: gather along H*W.
-    planes = data.reshape(n, dg, c // dg, h * w)
-    y0, x0 = np.floor(py), np.floor(px)
-    ly, lx = py - y0, px - x0
-    sampled = 0.0
-    for dy, dx, corner_weight in ((0, 0, (1 - ly) * (1 - lx)), (0, 1, (1 - ly) * lx),
-                                  (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
-        yy, xx = (y0 + dy).astype(np.int64), (x0 + dx).astype(np.int64)
-        on_map = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-        index = (np.clip(yy, 0, h - 1) * w + np.clip(xx, 0, w - 1)).reshape(n, dg, 1, -1)
-        values = np.take_along_axis(planes, np.broadcast_to(index, (n, dg, c // dg,
-                                                                    index.shape[-1])), axis=3)
-        sampled = sampled + values * (corner_weight * on_map).reshape(n, dg, 1, -1)
-    inside = ((py > -1) & (py < h) & (px > -1) & (px < w)).reshape(n, dg, 1, -1)
-    cols = sampled * inside
-    if mask is not None:
-        cols = cols * np.asarray(mask, np.float64).reshape(n, dg, 1, -1)
-    cols = cols.reshape(n, num_group, (c // num_group) * taps, ho * wo)
-    kernels = weight.reshape(num_group, f // num_group, -1)
-    out = np.einsum("gfk,ngkl->ngfl", kernels, cols).reshape(n, f, ho, wo)
-    if bias is not None:
-        out = out + np.asarray(bias, np.float64)[None, :, None, None]
-    return out
-
-
-def _round_half_away(value):
-    return math.floor(value + 0.5) if value >= 0 else -math.floor(-value + 0.5)
-
-
-def psroi_reference(data, rois, trans, mask, spatial_scale, output_dim, group_size,
-                    pooled_size, part_size, sample_per_part, trans_std):
-    """Modulated deformable PS-RoI pooling in float64 NumPy, the rule of SPEC.md (loops).
-
-    data (N, output_dim*G^2, H, W), rois (R, 5), trans (R, 2*classes, part, part), mask
-    (R, classes, part, part) or None. Returns (R, output_dim, P, P). Sizes must be small.
-    spatial_scale and trans_std are rounded to float32 first: operator parameters are float.
-    """
-    data, rois, trans = (np.asarray(a, np.float64) for a in (data, rois, trans))
-    spatial_scale, trans_std = float(np.float32(spatial_scale)), float(np.float32(trans_std))
-    _, _, h, w = data.shape
-    size, samples = pooled_size, sample_per_part
-    out = np.zeros((len(rois), output_dim, size, size))
-    per_class = output_dim // (trans.shape[1] // 2)
-    for r, (b, x1, y1, x2, y2) in enumerate(rois):
-        start_w = _round_half_away(x1) * spatial_scale - 0.5
-        start_h = _round_half_away(y1) * spatial_scale - 0.5
-        roi_w = max((_round_half_away(x2) + 1) * spatial_scale - 0.5 - start_w, 0.1)
-        roi_h = max((_round_half_away(y2) + 1) * spatial_scale - 0.5 - start_h, 0.1)
-        bin_w, bin_h = roi_w / size, roi_h / size
-        for ctop in range(output_dim):
-            cls = ctop // per_class
-            for ph in range(size):
-                for pw in range(size):
-                    part_h, part_w = ph * part_size // size, pw * part_size // size
-                    tx = trans[r, 2 * cls, part_h, part_w] * trans_std
-                    ty = trans[r, 2 * cls + 1, part_h, part_w] * trans_std
-                    gh = min(ph * group_size // size, group_size - 1)
-                    gw = min(pw * group_size // size, group_size - 1)
-                    plane = data[int(b), (ctop * group_size + gh) * group_size + gw]
-                    total, count = 0.0, 0
-                    for ih in range(samples):
-                        for iw in range(samples):
-                            y = ph * bin_h + start_h + ty * roi_h + ih * bin_h / samples
-                            x = pw * bin_w + start_w + tx * roi_w + iw * bin_w / samples
-                            if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
-                                continue
-                            total += _bilinear_clamped(plane, min(max(y, 0), h - 1),
-                                                       min(max(x, 0), w - 1))
-                            count += 1
-                    scale = 1.0 if mask is None else mask[r, cls, part_h, part_w]
-                    out[r, ctop, ph, pw] = scale * total / count if count else 0.0
-    return out
-
-
-def _bilinear_clamped(plane, y, x):
-    """Bilinear value of plane at (y, x), a point inside [0, H-1] x [0, W-1]."""
-    h, w = plane.shape
-    y0, x0 = int(math.floor(y)), int(math.floor(x))
-    y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
-    ly, lx = y - y0, x - x0
-    return ((1 - ly) * ((1 - lx) * plane[y0, x0] + lx * plane[y0, x1])
-            + ly * ((1 - lx) * plane[y1, x0] + lx * plane[y1, x1]))
+              ("forward", "float16"): 1e-2, ("gradient", "float64"): 1e-6,
+              ("cpu parity", "float64"): 1e-10, ("cpu parity", "float32"): 2e-5}
 
 
 def contexts(which):
@@ -208,9 +109,9 @@ def _conv_op(case, modulated):
 
 def _conv_expected(case, inputs):
     p = case[1]
-    return conv_reference(inputs["data"], inputs["offset"], inputs.get("mask"),
-                          inputs["weight"], inputs["bias"], p["stride"], p["pad"], p["dilate"],
-                          p["num_group"], p["num_deformable_group"])
+    return deform_conv2d_forward(inputs["data"], inputs["offset"], inputs.get("mask"),
+                                 inputs["weight"], inputs["bias"], p["stride"], p["pad"],
+                                 p["dilate"], p["num_group"], p["num_deformable_group"])
 
 
 _PSROI_PARAMS = dict(spatial_scale=0.5, output_dim=4, group_size=2, pooled_size=3, part_size=3,
@@ -237,8 +138,8 @@ def _psroi_op(**arrays):
 
 
 def _psroi_expected(inputs):
-    return psroi_reference(inputs["data"], inputs["rois"], inputs["trans"], inputs["mask"],
-                           **_PSROI_PARAMS)
+    return psroi_pooling(inputs["data"], inputs["rois"], inputs["trans"], inputs["mask"],
+                         **_PSROI_PARAMS)
 
 
 def _run(op, inputs, ctx, dtype):
@@ -276,7 +177,7 @@ def _numerical_gradient(op, inputs, name, head, ctx, eps=1e-6):
 
 
 class _Table:
-    """Collects CheckResults: measured (add), skipped, or failed with an operator error."""
+    """Collects CheckResults: measured (add), or failed with an operator error (fail)."""
 
     def __init__(self):
         self.results = []
@@ -285,9 +186,6 @@ class _Table:
         status = "PASS" if error <= tolerance else "FAIL"
         self.results.append(CheckResult(device, operator, check, dtype, error, tolerance,
                                         status, note))
-
-    def skip(self, device, operator, check, note):
-        self.results.append(CheckResult(device, operator, check, "-", None, None, "SKIP", note))
 
     def fail(self, device, operator, check, dtype, err):
         message = str(err).strip().splitlines()
@@ -326,9 +224,6 @@ def _check_conv(table, ctx, modulated):
 def _check_psroi(table, ctx):
     name = "ModulatedDeformablePSROIPooling"
     device = str(ctx)
-    if not hasattr(mx.nd.contrib, name):
-        table.skip(device, name, "all", "operator not in this build")
-        return
     rng = np.random.default_rng(11)
     inputs = _psroi_inputs(rng)
     for dtype in _forward_dtypes(ctx):

@@ -1,9 +1,9 @@
 """Float64 NumPy reference of the deformable convolutions (DCNv2 and DCNv1), forward and backward.
 
-Written from SPEC.md ("Modulated deformable convolution") to check the operators independently
-of their C++ code. The sampling uses a copy of the input padded with one ring of zeros, which is
-the border rule of the spec restated: a sample at (py, px) with -1 < py < H and -1 < px < W has
-its four corners inside the padded map, and corners on the ring read 0.
+Written from docs/semantics.md (section 1) to check the operators independently of their C++
+code. The sampling uses a copy of the input padded with one ring of zeros, which is the border
+rule restated: a sample at (py, px) with -1 < py < H and -1 < px < W has its four corners
+inside the padded map, and corners on the ring read 0.
 
 Layouts (NCHW), with K = kh*kw taps, G = groups, dg = deformable_groups:
 

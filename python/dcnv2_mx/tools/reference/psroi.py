@@ -1,7 +1,7 @@
 """Float64 NumPy reference of (modulated) deformable PS-RoI pooling, forward and backward.
 
-Written from the semantics in SPEC.md ("Deformable PS-RoI pooling"), one sample at a time, to
-check the operator independently of its C++ code. Arrays follow the operator's layouts:
+Written from docs/semantics.md (section 2), one sample at a time, to check the operator
+independently of its C++ code. Arrays follow the operator's layouts:
 data (N, output_dim*G*G, H, W), rois (R, 5), trans (R, 2*num_classes, part, part) or None,
 mask (R, num_classes, part, part) or None, out (R, output_dim, P, P).
 """

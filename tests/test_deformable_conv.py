@@ -626,6 +626,18 @@ def test_mask_given_to_dcnv1_is_refused():
                                               no_bias=True)
 
 
+def test_dcnv1_takes_the_positional_order_of_mxnet_deformable_convolution(make_problem):
+    """(data, offset, weight, bias): a call written for MXNet's DeformableConvolution works."""
+    problem = make_problem(**CASES["v1-b2-k3x2-p10-g2-dg2"])
+    names = ["data", "offset", "weight", "bias"]
+    arrays = problem.nd_arrays()
+    out = mx.nd.contrib.DeformableConvolutionV1(*(arrays[n] for n in names), **problem.params)
+    np.testing.assert_allclose(out.asnumpy(), problem.reference(), rtol=1e-12, atol=1e-12)
+    sym = mx.sym.contrib.DeformableConvolutionV1(*(mx.sym.var(n) for n in names),
+                                                 **problem.params)
+    assert sym.list_arguments() == names
+
+
 def test_symbol_needs_the_data_shape_to_infer_shapes():
     out = mx.sym.contrib.DeformableConvolutionV2(
         data=mx.sym.var("data"), offset=mx.sym.var("offset"), mask=mx.sym.var("mask"),

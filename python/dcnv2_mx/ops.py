@@ -11,6 +11,8 @@ that can carry ``grad_req='add'`` — a graph variable, or an NDArray with an at
 while autograd records — therefore passes through MXNet's ``identity`` first, whose backward
 honours the request. Inputs computed by other operators need no such guard.
 """
+import inspect
+
 import mxnet as mx
 from mxnet import autograd
 from mxnet.name import NameManager
@@ -153,8 +155,6 @@ def _conv(op, modulated):
              num_filter=None, stride=None, dilate=None, pad=None, num_group=None,
              num_deformable_group=None, workspace=None, no_bias=False, im2col_step=None,
              layout=None, name=None, attr=None, out=None, **kwargs):
-        if not modulated and mask is not None:
-            raise TypeError(f"{op} takes no mask (use DeformableConvolutionV2)")
         if kernel is None or num_filter is None:
             raise TypeError(f"{op}: 'kernel' and 'num_filter' are required")
         if no_bias and bias is not None:
@@ -173,6 +173,8 @@ def _conv(op, modulated):
         return invoke(op, kind, inputs, _CONV_NDIMS, params, name=name, attr=attr, out=out,
                       auto_vars=("weight",) if no_bias else ("weight", "bias"))
 
+    if not modulated:
+        conv = _without_mask(conv, op)
     conv.__name__ = conv.__qualname__ = op
     conv.__doc__ = _CONV_DOC.format(
         summary=("Modulated deformable convolution (DCNv2, arXiv 1811.11168)." if modulated else
@@ -183,6 +185,20 @@ def _conv(op, modulated):
         mask_param=", mask" if modulated else "",
         mask_groups=" and masks" if modulated else "")
     return conv
+
+
+def _without_mask(conv, op):
+    """`conv` with the inputs (data, offset, weight, bias): the positional order of MXNet's
+    DeformableConvolution, so that calls written for it work unchanged."""
+    def conv_v1(data=None, offset=None, weight=None, bias=None, **params):
+        if params.pop("mask", None) is not None:
+            raise TypeError(f"{op} takes no mask (use DeformableConvolutionV2)")
+        return conv(data, offset, None, weight, bias, **params)
+
+    signature = inspect.signature(conv)
+    conv_v1.__signature__ = signature.replace(
+        parameters=[p for p in signature.parameters.values() if p.name != "mask"])
+    return conv_v1
 
 
 DeformableConvolutionV2 = _conv("DeformableConvolutionV2", modulated=True)

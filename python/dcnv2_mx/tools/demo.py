@@ -4,10 +4,11 @@ Task: classify the digits 0-9, drawn in-process from matplotlib's DejaVu Sans Bo
 then randomly rotated (+-35 degrees), scaled (0.35-1 of the image), stretched, sheared, moved and
 elastically warped, with pixel noise, on 32x32 images. The same small network is trained three
 ways, from the same initial weights: its last two 3x3 convolutions are regular convolutions,
-DCNv1 or DCNv2. The deformable layers' offset convolutions start at zero (and the DCNv2 masks,
-``2*sigmoid``, at one), so all three networks compute the same function at the start and differ
-only in what the deformable layers learn. The offset branch trains at 0.1x the learning rate,
-as in the paper.
+or the Gluon blocks :class:`dcnv2_mx.gluon.DeformableConvolutionV1` (DCNv1) or
+:class:`~dcnv2_mx.gluon.DeformableConvolutionV2` (DCNv2) with their defaults. Their offset
+convolutions start at zero (and the DCNv2 masks, ``2*sigmoid``, at one), so all three networks
+compute the same function at the start and differ only in what the deformable layers learn. The
+offset branch trains at 0.1x the learning rate, as in the paper.
 
 The figure shows, as in the paper's Figure 1, where the last two DCNv2 layers sample for one
 activation unit of the last layer on test images: its 9 sampling points, and the 9 points of the
@@ -28,14 +29,17 @@ import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-__all__ = ["VARIANTS", "glyph_bitmaps", "render_glyphs", "make_dataset", "DeformableConv3x3",
-           "build_net", "train", "Sampling", "SamplingProbe", "demo_figure", "viz_figure",
-           "load_image", "run_demo"]
+from ..gluon import DeformableConvolutionV1, DeformableConvolutionV2
+
+__all__ = ["VARIANTS", "glyph_bitmaps", "render_glyphs", "make_dataset", "build_net", "train",
+           "Sampling", "SamplingProbe", "demo_figure", "viz_figure", "load_image", "run_demo"]
 
 #: The three ways the network is trained: name -> what its last two 3x3 layers are.
 VARIANTS = collections.OrderedDict(
     [("conv", "regular 3x3 convolutions"), ("dcnv1", "DCNv1 (offsets)"),
      ("dcnv2", "DCNv2 (offsets and modulation)")])
+#: The block of each variant's last two 3x3 layers.
+_LAYERS = {"conv": nn.Conv2D, "dcnv1": DeformableConvolutionV1, "dcnv2": DeformableConvolutionV2}
 IMAGE_SIZE = 32
 DIGITS = "0123456789"
 #: Prefix of the exported DCNv2 model inside the demo's output directory.
@@ -124,44 +128,14 @@ def make_dataset(train_size, test_size, seed):
             render_glyphs(y_test, rng, bitmaps), y_test)
 
 
-class DeformableConv3x3(nn.HybridBlock):
-    """3x3, pad-1 deformable convolution whose offsets (and masks) come from a 3x3 convolution.
-
-    The offset convolution has 2*9 outputs (DCNv1) or 3*9 (DCNv2: 18 offsets, then 9 masks
-    through ``2*sigmoid``), starts at zero and learns at ``offset_lr_mult`` times the rate.
-    Input (N, in_channels, H, W), output (N, channels, H, W).
-    """
-
-    def __init__(self, channels, in_channels, modulated, offset_lr_mult=0.1, **kwargs):
-        super().__init__(**kwargs)
-        self._channels, self._modulated = channels, modulated
-        with self.name_scope():
-            # Registered first: zero initialisation draws no random numbers, so the main
-            # weight gets the same initial values as the regular convolution it replaces.
-            self.offset = nn.Conv2D((3 if modulated else 2) * 9, 3, padding=1,
-                                    in_channels=in_channels, weight_initializer="zeros",
-                                    bias_initializer="zeros")
-            self.weight = self.params.get("weight", shape=(channels, in_channels, 3, 3))
-            self.bias = self.params.get("bias", shape=(channels,), init="zeros")
-        self.offset.collect_params().setattr("lr_mult", offset_lr_mult)
-
-    def hybrid_forward(self, F, x, weight, bias):
-        branch = self.offset(x)
-        params = dict(kernel=(3, 3), pad=(1, 1), num_filter=self._channels)
-        if not self._modulated:
-            return F.contrib.DeformableConvolutionV1(data=x, offset=branch, weight=weight,
-                                                     bias=bias, **params)
-        offset = F.slice_axis(branch, axis=1, begin=0, end=18)
-        mask = 2 * F.sigmoid(F.slice_axis(branch, axis=1, begin=18, end=27))
-        return F.contrib.DeformableConvolutionV2(data=x, offset=offset, mask=mask,
-                                                 weight=weight, bias=bias, **params)
-
-
 def build_net(variant, width=32):
     """The demo network; variant in VARIANTS. Input (N, 1, 32, 32), output logits (N, 10).
 
     conv 3x3 (16) - relu - max-pool 2 - conv 3x3 (width) - relu - max-pool 2 - two 3x3 layers
-    (width; regular, DCNv1 or DCNv2) each followed by relu - global average pool - dense (10).
+    (width; ``nn.Conv2D``, ``dcnv2_mx.gluon.DeformableConvolutionV1`` or ``...V2``) each
+    followed by relu - global average pool - dense (10). The deformable blocks' main weight is
+    their first randomly initialised Parameter (the offset branch starts at zero), so it gets
+    the initial values of the Conv2D weight it replaces.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
@@ -172,8 +146,7 @@ def build_net(variant, width=32):
                 nn.Conv2D(width, 3, padding=1, in_channels=16, activation="relu"),
                 nn.MaxPool2D(2))
         for _ in range(2):
-            net.add(nn.Conv2D(width, 3, padding=1, in_channels=width) if variant == "conv"
-                    else DeformableConv3x3(width, width, modulated=variant == "dcnv2"),
+            net.add(_LAYERS[variant](width, 3, padding=1, in_channels=width),
                     nn.Activation("relu"))
         net.add(nn.GlobalAvgPool2D(), nn.Dense(len(DIGITS), in_units=width))
     return net

@@ -63,15 +63,18 @@ inline void check(cudaError_t err, const char* what) {
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
+    if (device < 0) return;
     check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (device >= 0 && device != previous_) check(cudaSetDevice(device), "cudaSetDevice");
+    if (device != previous_) check(cudaSetDevice(device), "cudaSetDevice");
   }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
+  ~DeviceGuard() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 
  private:
-  int previous_ = 0;
+  int previous_ = -1;  //!< the device to restore; -1: none
 };
 
 }  // namespace cuda

@@ -3,7 +3,7 @@
  * \brief CUDA entry points of the deformable convolutions (DCNv2 and DCNv1). Like the CPU ones
  *        they take raw device pointers, a geometry, a scratch block and a stream, and know
  *        nothing of MXNet: the operator registration and the standalone test harness
- *        (standalone_capi.cu) both drive them.
+ *        (tests/gpu/standalone_capi.cu) both drive them, through run() (common/op_adapter.h).
  *
  * Instantiated for float, double and __half (sampled and accumulated in float32). Every call
  * runs on the given stream without synchronising with the host; the caller makes the tensors'

@@ -8,9 +8,9 @@
  * infer_type, infer_shape, forward, backward) only the attribute map, so the parsed parameters
  * cannot travel from one to the next; caching them keyed by the map would cost about what
  * parsing a dozen short strings costs (microseconds, against milliseconds of kernel time) and
- * need a lock. A stateful operator (setCreateOpState) would keep them, but MXNet creates the
- * state per call for imperative use anyway, and its forward no longer sees the attributes that
- * symbol JSON saves, so the registration stays stateless.
+ * need a lock. A stateful operator (setCreateOpState) would parse once per state, but MXNet
+ * creates the state anew for every imperative call, so it would change how both operators
+ * register for no saving where most calls are made; the registration stays stateless.
  */
 #ifndef DCNV2_MX_COMMON_EXT_UTIL_H_
 #define DCNV2_MX_COMMON_EXT_UTIL_H_

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Compiles every CUDA source of the library to object code for sm_75, sm_80 and sm_90, warnings
-# as errors, so that a broken kernel never lands even though CI has no GPU. Also compiles the
+# Compiles every CUDA source of the library and of its tests (the standalone harness's C ABI) to
+# object code for sm_75, sm_80 and sm_90, warnings as errors, so that a broken kernel never lands
+# even though CI has no GPU. Also compiles the
 # host files that include the CUDA code path (DCNV2_MX_WITH_CUDA) when $PYTHON has MXNet.
 #
 # Environment: PYTHON (default python3) is the interpreter whose environment gets the cuBLAS and
@@ -71,7 +72,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 status=0
-for source in $(find src -name '*.cu' | sort); do
+for source in $(find src tests -name '*.cu' | sort); do
   echo "compile_cuda: $source"
   "$NVCC" -std=c++17 -O3 -c "${gencode[@]}" -Werror all-warnings \
     -Xcompiler -Wall,-Wextra,-Wno-unused-parameter -DDCNV2_MX_WITH_CUDA=1 -I "$CONTRIB" \

@@ -8,9 +8,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_library(build_dir, *options):
-    """Path of libdcnv2_mx.so configured with the CMake `options` ("-DNAME=VALUE") and built in
-    `build_dir` (Release); raises AssertionError with CMake's output if either step fails."""
+def build_library(build_dir, *options, target="dcnv2_mx"):
+    """Path of lib<target>.so (the library, or a test library such as dcnv2_mx_cuda_emulation)
+    configured with the CMake `options` ("-DNAME=VALUE") and built in `build_dir` (Release);
+    raises AssertionError with CMake's output if either step fails."""
     import cmake
     import ninja
 
@@ -19,7 +20,7 @@ def build_library(build_dir, *options):
                  f"-DCMAKE_MAKE_PROGRAM={os.path.join(ninja.BIN_DIR, 'ninja')}",
                  f"-DPython3_EXECUTABLE={sys.executable}", "-DCMAKE_BUILD_TYPE=Release",
                  *options]
-    for command in (configure, [cmake_bin, "--build", str(build_dir), "--parallel"]):
+    for command in (configure, [cmake_bin, "--build", str(build_dir), "--parallel", "--target", target]):
         proc = subprocess.run(command, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return os.path.join(str(build_dir), "libdcnv2_mx.so")
+    return os.path.join(str(build_dir), f"lib{target}.so")

@@ -600,10 +600,58 @@ def test_wrong_shape_is_a_clear_error(op, kwargs, message):
         _call(op, **kwargs)
 
 
-def test_float16_on_cpu_is_refused():
-    dtypes = dict.fromkeys(("data", "offset", "mask", "weight", "bias"), "float16")
-    with pytest.raises(MXNetError, match="float16 is not supported on CPU"):
-        _call(dtypes=dtypes)
+@pytest.mark.parametrize("case", cases("b2-k3x2-s21-p10-d21-g2-dg2", "v1-b2-k3x2-p10-g2-dg2"))
+def test_float16_on_cpu_matches_the_reference(make_problem, rng, case):
+    """The CPU computes float16 calls in float32: the output and every gradient are the float64
+    reference's on the same (float16) inputs, rounded to float16."""
+    problem = make_problem(**case)
+    problem.arrays = {k: v.astype(np.float16).astype(np.float64) for k, v in problem.arrays.items()}
+    out_grad = rng.uniform(-1, 1, problem.out_shape).astype(np.float16).astype(np.float64)
+    out, grads = problem.run_nd("float16", out_grad=out_grad)
+    expected = dict(problem.reference_grads(out_grad), out=problem.reference())
+    for name, value in dict(grads, out=out).items():
+        assert value.dtype == np.float16, name
+        scale = np.abs(expected[name]).max()
+        assert scale > 0.1, name
+        # float16 keeps 11 significant bits: a relative rounding error of at most 2^-11.
+        np.testing.assert_allclose(value.astype(np.float64), expected[name], rtol=2e-3,
+                                   atol=1e-3 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("bias", [0.0, 2.0 ** -11, -2.0 ** -11, 3 * 2.0 ** -12, 2.0 ** -24,
+                                  65504.0])
+def test_float16_on_cpu_converts_exactly(bias):
+    """Every finite float16 through a 1x1 convolution of weight 1 at zero offsets plus `bias`:
+    exactly NumPy's float16(float32(x) + float32(bias)), so both conversions round to nearest
+    even (the biases make ties, subnormals and overflow to inf)."""
+    values = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    values = values[np.isfinite(values)].reshape(1, 1, 248, 256)
+    out = mx.nd.contrib.DeformableConvolutionV1(
+        data=mx.nd.array(values, dtype="float16"),
+        offset=mx.nd.zeros((1, 2, 248, 256), dtype="float16"),
+        weight=mx.nd.ones((1, 1, 1, 1), dtype="float16"),
+        bias=mx.nd.array([bias], dtype="float16"), kernel=(1, 1), num_filter=1).asnumpy()
+    with np.errstate(over="ignore"):
+        expected = (values.astype(np.float32) + np.float32(bias)).astype(np.float16)
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_float16_copies_on_cpu_count_toward_workspace():
+    """float16 on the CPU takes float32 copies of its tensors from `workspace` too: 1 MiB holds
+    the float32 call's tiles but not the float16 call's copies besides."""
+    shapes = dict(data=(1, 4, 128, 128), offset=(1, 18, 128, 128), mask=(1, 9, 128, 128),
+                  weight=(4, 4, 3, 3), bias=(4,))
+
+    def call(dtype, workspace):
+        arrays = {k: mx.nd.ones(v, dtype=dtype) for k, v in shapes.items()}
+        return mx.nd.contrib.DeformableConvolutionV2(**arrays, kernel=(3, 3), pad=(1, 1),
+                                                     num_filter=4, workspace=workspace).asnumpy()
+
+    assert call("float32", 1).shape == (1, 4, 128, 128)
+    with pytest.raises(MXNetError, match=r"'workspace' \(1 MiB\) is too small"):
+        call("float16", 1)
+    np.testing.assert_array_equal(call("float16", 16), call("float32", 1).astype(np.float16))
 
 
 @pytest.mark.parametrize("odd_one", ["offset", "mask", "weight", "bias"])

@@ -338,10 +338,28 @@ def test_backward_is_deterministic_across_runs_and_thread_counts():
         np.testing.assert_array_equal(first[name], threaded[name], err_msg=name)
 
 
-def test_float16_is_refused_on_cpu():
-    inputs = _inputs()
-    with pytest.raises(mx.MXNetError, match="dtype float16 is not supported on CPU"):
-        ours(**inputs, dtype="float16", **BASE)
+@pytest.mark.parametrize("no_trans", [False, True])
+def test_float16_on_cpu_matches_the_reference(no_trans):
+    """The CPU computes float16 calls in float32: the output and the data, trans and mask
+    gradients are the float64 reference's on the same (float16) inputs, rounded to float16."""
+    rng = np.random.RandomState(7)
+    data, rois, trans, mask = (a.astype(np.float16).astype(np.float64)
+                               for a in make_inputs(rng, part=3))
+    trans = None if no_trans else trans
+    out_grad = rng.uniform(-1, 1, (rois.shape[0], 4, 3, 3)).astype(np.float16).astype(np.float64)
+    want, want_grads = psroi_pooling(data, rois, trans, mask, out_grad=out_grad, **BASE)
+    out, grads = ours(data, rois, trans, mask, out_grad, dtype="float16", no_trans=no_trans,
+                      **BASE)
+    for name, value, expected in [("out", out, want)] + [
+            (k, grads[k], want_grads[k]) for k in ("data", "mask") + (() if no_trans else
+                                                                      ("trans",))]:
+        assert value.dtype == np.float16, name
+        scale = np.abs(expected).max()
+        assert scale > 0.1, name
+        # float16 keeps 11 significant bits: a relative rounding error of at most 2^-11.
+        np.testing.assert_allclose(value.astype(np.float64), expected, rtol=2e-3,
+                                   atol=1e-3 * scale, err_msg=name)
+    np.testing.assert_array_equal(grads["rois"], 0)
 
 
 # ----------------------------------------------------------------------------------------------

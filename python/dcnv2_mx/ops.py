@@ -230,7 +230,7 @@ def ModulatedDeformablePSROIPooling(data=None, rois=None, trans=None, mask=None,
       ``(gh, gw) = (ph*G // P, pw*G // P)`` (G = group_size);
     * ``out = mask[r, cls, part_h, part_w] * (sum / count)``, and 0 for a bin without samples.
 
-    The rois get a zero gradient. float32 and float64 on CPU.
+    The rois get a zero gradient. float32, float64 and float16 (computed in float32 on the CPU).
 
     Shapes
     ------

@@ -1,6 +1,6 @@
 """Standalone check of the CUDA deformable convolution and PS-RoI pooling kernels, without MXNet.
 
-The kernels and their C ABI (src/operator/contrib/cuda/standalone_capi.cu) are built into a shared
+The kernels and their C ABI (standalone_capi.cu, next to this file) are built into a shared
 library with nvcc and cuBLAS, driven through ctypes on PyTorch CUDA tensors, and compared with the
 float64 NumPy references (python/dcnv2_mx/tools/reference/conv.py, psroi.py) on the same inputs:
 forward and every gradient, in float64, float32 and float16, with atomic and deterministic data
@@ -72,21 +72,19 @@ from conv_problem import ConvInputs  # noqa: E402
 from dcnv2_mx.tools.reference.psroi import (  # noqa: E402
     bin_sample_positions, part_index, psroi_pooling)
 
-#: Sources of the harness: the CUDA kernels, their C ABI, tiling and parameter parsing.
-SOURCES = ("cuda/deformable_conv_cuda.cu", "cuda/psroi_pooling_cuda.cu",
-           "cuda/standalone_capi.cu", "deformable_conv_tiling.cc", "deformable_conv_param.cc",
-           "psroi_pooling_param.cc", "common/attrs.cc", "common/shapes.cc")
+#: Sources of the harness: its C ABI, and the CUDA kernels, parameter parsing and shape checks
+#: of the library.
+SOURCES = (os.path.join(HERE, "standalone_capi.cu"),
+           *(os.path.join(CONTRIB, s) for s in (
+               "cuda/deformable_conv_cuda.cu", "cuda/psroi_pooling_cuda.cu",
+               "deformable_conv_param.cc", "psroi_pooling_param.cc", "common/attrs.cc",
+               "common/shapes.cc")))
 
 #: Environment variable naming a prebuilt harness library.
 ENV_LIBRARY = "DCNV2_STANDALONE_LIB"
 
 #: The host emulation of CUDA that an emulated build compiles against (cuda_emulation.h).
 EMULATION = os.path.join(HERE, "cuda_emulation")
-
-#: The grid cap of an emulated build (4096 blocks on a GPU): with 3 blocks of 256 threads, every
-#: launch over more than 768 items runs its grid-stride loops more than once, at a stride that
-#: is not a power of two.
-EMULATED_MAX_BLOCKS = 3
 
 #: MXNet's dtype codes, which the harness takes.
 DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2}
@@ -175,10 +173,9 @@ def find_cublas():
 
 def nvcc_command(output, arch, include, library):
     """The nvcc command line that builds the harness for compute capability `arch` ("90")."""
-    sources = [os.path.join(CONTRIB, s) for s in SOURCES]
     return ["nvcc", "-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC",
             f"-gencode=arch=compute_{arch},code=[sm_{arch},compute_{arch}]",
-            "-I", CONTRIB, "-I", include, *sources, "-L", os.path.dirname(library),
+            "-DDCNV2_MX_WITH_CUDA=1", "-I", CONTRIB, "-I", include, *SOURCES, "-L", os.path.dirname(library),
             f"-l:{os.path.basename(library)}", "-Xlinker", f"-rpath,{os.path.dirname(library)}",
             "-o", output]
 
@@ -201,14 +198,13 @@ SANITIZER_RUNTIMES = {
 def emulated_command(output, compiler, sanitizer=None):
     """The host compiler command line that builds the harness against the CUDA emulation;
     instrumented by `sanitizer` ("address" or "thread"; run it with sanitizer_environment())."""
-    sources = [os.path.join(CONTRIB, s) for s in SOURCES]
-    cuda = [s for s in sources if s.endswith(".cu")]
-    host = [s for s in sources if not s.endswith(".cu")]
+    cuda = [s for s in SOURCES if s.endswith(".cu")]
+    host = [s for s in SOURCES if not s.endswith(".cu")]
     flags = (["-O1", "-g", "-fno-omit-frame-pointer", *SANITIZER_FLAGS[sanitizer]] if sanitizer
              else ["-O2"])
     return [compiler, "-std=c++17", *flags, "-shared", "-fPIC", "-Wall", "-Wextra",
             "-Wno-unused-parameter", "-Werror", "-DDCNV2_MX_CUDA_EMULATION=1",
-            f"-DDCNV2_MX_CUDA_MAX_BLOCKS={EMULATED_MAX_BLOCKS}",
+            "-DDCNV2_MX_WITH_CUDA=1",
             "-I", os.path.join(EMULATION, "include"), "-I", CONTRIB, "-x", "c++", *cuda,
             "-x", "none", *host, os.path.join(EMULATION, "cuda_emulation.cc"), "-o", output]
 
@@ -248,6 +244,7 @@ def _source_digest():
     digest = hashlib.sha256()
     paths = glob.glob(os.path.join(CONTRIB, "**", "*.*"), recursive=True)
     paths += glob.glob(os.path.join(EMULATION, "**", "*.*"), recursive=True)
+    paths += [os.path.join(HERE, "standalone_capi.cu")]
     for path in sorted(paths):
         if path.endswith((".h", ".cc", ".cu", ".cuh")):
             with open(path, "rb") as f:

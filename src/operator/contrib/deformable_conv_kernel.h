@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/bilinear.h"
+#include "common/scratch.h"
 
 namespace dcnv2_mx {
 
@@ -90,80 +91,39 @@ struct DeformConvBackwardArgs {
   T* bias_grad;
 };
 
-/*! \brief Temporary memory a call asks of its host: one block of `bytes`. */
-struct Scratch {
-  void* ptr;
-  size_t bytes;
+/*!
+ * \brief Tiling of a CPU call: the output pixels of a block of `images` whole images are split
+ *        into one contiguous share per thread, which each of `threads` threads takes in tiles of
+ *        at most `tile` pixels with its own buffers.
+ */
+struct CpuTilePlan {
+  index_t tile;          //!< output pixels per tile of one thread
+  index_t images;        //!< images per block, whose pixels the threads share
+  int threads;           //!< OpenMP threads of the call
+  size_t scratch_bytes;  //!< scratch memory the call needs
 };
-
-/*! \brief Plans the pixel tile of a call so that its scratch memory fits `budget_bytes`. */
-struct TilePlan {
-  index_t tile;           //!< output pixels per tile (CUDA: of one image; CPU: of one thread)
-  size_t scratch_bytes;   //!< scratch memory the call needs
-  index_t images = 1;     //!< CUDA: images per tile (more than one only when tile covers an
-                          //!< image); CPU: images per block, whose pixels the threads share
-  int threads = 1;        //!< CPU: OpenMP threads of the call, each with its own buffers
-};
-
-/*! \brief The part of a `workspace` budget one scratch block can have (MXNet takes an int). */
-size_t scratch_budget(size_t budget_bytes);
 
 /*! \brief Throws the error that names `workspace` when even the smallest tiling does not fit. */
-[[noreturn]] void throw_workspace_too_small(size_t budget_bytes, size_t needed_bytes);
+[[noreturn]] inline void throw_workspace_too_small(size_t budget_bytes, size_t needed_bytes) {
+  throw std::invalid_argument("parameter 'workspace' (" + std::to_string(budget_bytes >> 20) +
+                              " MiB) is too small: this input needs " +
+                              std::to_string(needed_bytes) + " bytes of scratch memory at least");
+}
 
 /*!
- * \brief Tiling of one call: the largest tile of output pixels, at most `preferred_tile`, whose
- *        scratch memory fits `budget_bytes`. Per pixel a tile holds `sample_bytes` for each
- *        (deformable group, tap), one column of C*K elements (two when `backward`) and
- *        `pixel_bytes` more; a call also holds `fixed_bytes` whatever its tile. Throws
- *        std::invalid_argument if not even one pixel fits.
+ * \brief Tiling and scratch size of a CPU call whose scratch fits `budget_bytes` together with
+ *        `reserved_bytes` that its caller takes from the same budget. Throws
+ *        std::invalid_argument naming `workspace` when not even one pixel per tile fits.
  */
-TilePlan plan_tiles(const DeformConvGeometry& g, size_t elem_size, size_t sample_bytes,
-                    bool backward, size_t budget_bytes, index_t preferred_tile,
-                    size_t fixed_bytes = 0, size_t pixel_bytes = 0);
-
-/*! \brief Rounds a byte count up to the alignment of every scratch sub-buffer. */
-inline size_t align_up(size_t bytes) { return (bytes + 63) & ~static_cast<size_t>(63); }
-
-/*!
- * \brief Hands out consecutive 64-byte aligned sub-buffers of one scratch block. A carver of a
- *        null block only measures: every take() returns null and bytes_needed() tells how large
- *        a block the same sequence of takes needs (with room to align the block's start).
- */
-class ScratchCarver {
- public:
-  explicit ScratchCarver(Scratch scratch)
-      : base_(reinterpret_cast<size_t>(scratch.ptr)), end_(base_ + scratch.bytes),
-        next_(base_) {}
-
-  /*! \brief The next `count` elements of U; throws std::logic_error past the block's end. */
-  template <typename U>
-  U* take(size_t count) {
-    const size_t start = align_up(next_);
-    next_ = start + count * sizeof(U);
-    if (base_ == 0) return nullptr;
-    if (next_ > end_)
-      throw std::logic_error("scratch block of " + std::to_string(end_ - base_) +
-                             " bytes is too small (internal planning error)");
-    return reinterpret_cast<U*>(start);
-  }
-
-  /*! \brief Bytes of a block that holds every take so far, whatever the block's alignment. */
-  size_t bytes_needed() const { return next_ - base_ + 63; }
-
- private:
-  size_t base_, end_, next_;
-};
-
-/*! \brief Tiling and scratch size of a CPU call within `budget_bytes`. */
 template <typename T>
-TilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, size_t budget_bytes);
+CpuTilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, size_t budget_bytes,
+                                 size_t reserved_bytes = 0);
 template <typename T>
 void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
-                             const TilePlan& plan, Scratch scratch);
+                             const CpuTilePlan& plan, Scratch scratch);
 template <typename T>
 void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
-                              const TilePlan& plan, Scratch scratch);
+                              const CpuTilePlan& plan, Scratch scratch);
 
 }  // namespace dcnv2_mx
 

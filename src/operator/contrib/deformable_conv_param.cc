@@ -98,7 +98,7 @@ DeformConvGeometry DeformConvParam::geometry(const std::vector<int64_t>& s) cons
 
 std::vector<unsigned> DeformConvParam::infer_shapes(
     std::vector<std::vector<unsigned>>* in_shapes) const {
-  AttrReader r(op_name, {});
+  AttrReader r(op_name);
   auto& in = *in_shapes;
   require(r, static_cast<int>(in.size()) == num_inputs(),
           "expected " + std::to_string(num_inputs()) + " inputs, got " + std::to_string(in.size()));

@@ -10,12 +10,6 @@
 extern "C" const char* dcnv2_mx_built_for_mxnet() { return DCNV2_MX_MXNET_VERSION; }
 
 mxnet::ext::MXReturnValue initialize(int version) {
-#if defined(DCNV2_MX_CUDA_EMULATION)
-  // Its "gpu" functions would treat device pointers as host memory.
-  MX_ERROR_MSG << "this dcnv2_mx library is a test build with emulated CUDA "
-                  "(DCNV2_MX_CUDA_EMULATION); build without it to load it into MXNet";
-  return mxnet::ext::MX_FAIL;
-#else
   // lib_api.h's version check covers the ABI; MXNet 1.9 reports 10900.
   if (version < 10900) {
     MX_ERROR_MSG << "dcnv2_mx needs MXNet >= 1.9.0, this is MXNet " << version;
@@ -24,5 +18,4 @@ mxnet::ext::MXReturnValue initialize(int version) {
   dcnv2_mx::cpu::init_threads();
   dcnv2_mx::cpu::init_blas();
   return mxnet::ext::MX_SUCCESS;
-#endif
 }

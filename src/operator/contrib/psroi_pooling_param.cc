@@ -66,7 +66,7 @@ std::vector<std::string> PSROIPoolParam::input_names() const {
 
 std::vector<unsigned> PSROIPoolParam::infer_shapes(
     std::vector<std::vector<unsigned>>* in_shapes) const {
-  AttrReader r(kOpName, {});
+  AttrReader r(kOpName);
   auto& in = *in_shapes;
   require(r, static_cast<int>(in.size()) == num_inputs(),
           "expected " + std::to_string(num_inputs()) + " inputs, got " + std::to_string(in.size()));

@@ -4,6 +4,8 @@
  *        sources (compiled as C++ with DCNV2_MX_CUDA_EMULATION) run on a CPU in CI.
  *
  * What it checks that a plain port would not:
+ *  - grids are capped at kMaxBlocks blocks, so that every grid-stride loop of a test problem
+ *    strides, at a stride that is not a power of two;
  *  - a launch runs every thread of the grid in a shuffled order that changes from launch to
  *    launch: a kernel whose result depends on the order of its threads (a read of another
  *    thread's write) gives different or wrong results; atomics round differently from run to
@@ -54,6 +56,7 @@ struct uint3 {
 };
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}  // NOLINT
 };
 
 // The indices of the emulated GPU thread that the calling host thread is running.
@@ -99,6 +102,12 @@ struct CUstream_st;
 using cudaStream_t = CUstream_st*;
 
 namespace cuda_emulation {
+
+/*! \brief Most blocks of an emulated launch (the library asks for up to 4096): with 3 blocks of
+ *         256 threads, a launch over more than 768 items runs its grid-stride loops more than
+ *         once. Kernels launched through cudaLaunchKernel cover their items with grid-stride
+ *         loops, so a smaller grid changes how often they stride, not what they compute. */
+constexpr unsigned kMaxBlocks = 3;
 
 /*! \brief The emulator's state (one device, used by one call at a time). */
 struct State {
@@ -150,24 +159,19 @@ inline std::vector<uint64_t> thread_order(uint64_t threads, uint64_t launch) {
 }
 
 /*!
- * \brief kernel<<<blocks, threads, 0, stream>>>(args...): every thread of the grid in a
- *        shuffled order, split into DCNV2_MX_CUDA_EMULATION_WORKERS contiguous parts that run
- *        on as many host threads. Invalid configurations set the sticky launch error.
+ * \brief kernel<<<blocks, threads, 0, stream>>>(): every thread of the grid in a shuffled
+ *        order, split into DCNV2_MX_CUDA_EMULATION_WORKERS contiguous parts that run on as many
+ *        host threads. Invalid configurations return, and leave as the sticky launch error,
+ *        cudaErrorInvalidConfiguration.
  */
-template <typename Kernel, typename... Args>
-void launch(unsigned blocks, unsigned threads, cudaStream_t stream, Kernel kernel,
-            Args&&... args) {
-  if (blocks == 0 || blocks > 0x7fffffffu || threads == 0 || threads > 1024) {
-    state().launch_error =
-        fail(cudaErrorInvalidConfiguration, "launch of " + std::to_string(blocks) +
-                                                " blocks of " + std::to_string(threads) +
-                                                " threads");
-    return;
-  }
-  if (!stream_ok(stream, "kernel launch")) {
-    state().launch_error = state().problem_code;
-    return;
-  }
+template <typename Kernel>
+cudaError_t launch(unsigned blocks, unsigned threads, cudaStream_t stream, Kernel kernel) {
+  if (blocks == 0 || blocks > 0x7fffffffu || threads == 0 || threads > 1024)
+    return state().launch_error =
+               fail(cudaErrorInvalidConfiguration, "launch of " + std::to_string(blocks) +
+                                                       " blocks of " + std::to_string(threads) +
+                                                       " threads");
+  if (!stream_ok(stream, "kernel launch")) return state().launch_error = state().problem_code;
   const std::vector<uint64_t> order =
       thread_order(static_cast<uint64_t>(blocks) * threads, state().launches++);
   auto run = [&](size_t begin, size_t end) {
@@ -176,15 +180,19 @@ void launch(unsigned blocks, unsigned threads, cudaStream_t stream, Kernel kerne
     for (size_t i = begin; i < end; ++i) {
       blockIdx = uint3{static_cast<unsigned>(order[i] / threads), 0, 0};
       threadIdx = uint3{static_cast<unsigned>(order[i] % threads), 0, 0};
-      kernel(args...);  // by value, as a launch copies its arguments
+      kernel();
     }
   };
   const size_t workers = std::min<size_t>(DCNV2_MX_CUDA_EMULATION_WORKERS, order.size());
-  if (workers <= 1) return run(0, order.size());
+  if (workers <= 1) {
+    run(0, order.size());
+    return cudaSuccess;
+  }
   std::vector<std::thread> pool;
   for (size_t w = 0; w < workers; ++w)
     pool.emplace_back(run, order.size() * w / workers, order.size() * (w + 1) / workers);
   for (std::thread& worker : pool) worker.join();  // the end of a kernel: all its writes done
+  return cudaSuccess;
 }
 
 }  // namespace cuda_emulation

@@ -2,10 +2,12 @@
  * \file op_driver.cc
  * \brief Calls the operators as MXNet's lib_api.cc does (_opRegGet, _opCallFCompute), through
  *        their registration with the extension API, with host buffers: the "gpu" entry points
- *        run the CUDA code on the CUDA emulation, the "cpu" ones the OpenMP kernels. Built into the library only by
- *        CMake's DCNV2_MX_CUDA_EMULATION (tests/gpu/test_emulated_mxnet_ops.py), so that the
- *        GPU glue of the operators (device guard, dtype dispatch, scratch from alloc_gpu, the
- *        stream from the resource, the backward argument layout) runs without a GPU.
+ *        run the CUDA code on the CUDA emulation, the "cpu" ones the OpenMP kernels. Built into
+ *        the test library dcnv2_mx_cuda_emulation (CMake's DCNV2_MX_CUDA_EMULATION; used by
+ *        tests/gpu/test_emulated_mxnet_ops.py), so that the GPU glue of the operators (device
+ *        guard, dtype dispatch, scratch from alloc_gpu, the stream from the resource, the
+ *        backward argument layout) runs without a GPU. The library's entry point, here, refuses
+ *        to load into MXNet.
  *
  * As in MXNet's calls (lib_api.cc, _opCallFCompute), backward takes the output gradient, the
  * forward inputs and the forward output, and writes the gradient of every forward input.
@@ -111,6 +113,14 @@ std::string error_messages() {
 }
 
 }  // namespace
+
+/*! \brief mx.library.load's entry point: refuses, as the "gpu" functions of this library would
+ *         treat device pointers as host memory. */
+mxnet::ext::MXReturnValue initialize(int version) {
+  MX_ERROR_MSG << "this dcnv2_mx library is a test build with emulated CUDA "
+                  "(dcnv2_mx_cuda_emulation); load the library built without it into MXNet";
+  return mxnet::ext::MX_FAIL;
+}
 
 extern "C" {
 

@@ -19,7 +19,11 @@ using AttrMap = std::unordered_map<std::string, std::string>;
 /*! \brief Reads the attributes of one operator call and remembers which ones were used. */
 class AttrReader {
  public:
+  /*! \brief Reads `attrs`, which must outlive the reader (a temporary map is refused). */
   AttrReader(std::string op_name, const AttrMap& attrs) : op_(std::move(op_name)), attrs_(attrs) {}
+  AttrReader(std::string op_name, AttrMap&& attrs) = delete;
+  /*! \brief A reader of no attributes, for the messages of fail() alone. */
+  explicit AttrReader(std::string op_name) : AttrReader(std::move(op_name), no_attrs()) {}
 
   /*! \brief An integer tuple of exactly `arity` elements (a single integer is repeated). */
   std::vector<int> int_tuple(const std::string& key, size_t arity, bool required,
@@ -35,9 +39,11 @@ class AttrReader {
   /*! \brief Throws std::invalid_argument prefixed with the operator name. */
   [[noreturn]] void fail(const std::string& message) const;
 
-  const std::string& op_name() const { return op_; }
-
  private:
+  static const AttrMap& no_attrs() {
+    static const AttrMap empty;
+    return empty;
+  }
   const std::string* find(const std::string& key, bool required, const char* expected);
 
   std::string op_;

@@ -1,16 +1,27 @@
 /*!
  * \file ext_util.h
- * \brief Glue between MXNet's extension API (lib_api.h) and the MXNet-free operator code.
+ * \brief Glue between MXNet's extension API (lib_api.h) and the MXNet-free operators: the
+ *        functions an operator registers, for any operator spec (deformable_conv_op.h,
+ *        psroi_pooling_op.h), which turn MXNet's tensors and resource into a run() call.
+ *
+ * Attributes are parsed once per callback. The API hands every callback (parse_attrs,
+ * infer_type, infer_shape, forward, backward) only the attribute map, so the parsed parameters
+ * cannot travel from one to the next; caching them keyed by the map would cost about what
+ * parsing a dozen short strings costs (microseconds, against milliseconds of kernel time) and
+ * need a lock. A stateful operator (setCreateOpState) would parse once per state, but MXNet
+ * creates the state anew for every imperative call, so it would change how both operators
+ * register for no saving where most calls are made; the registration stays stateless.
  */
 #ifndef DCNV2_MX_COMMON_EXT_UTIL_H_
 #define DCNV2_MX_COMMON_EXT_UTIL_H_
 
 #include <exception>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "attrs.h"
 #include "mxnet/lib_api.h"
+#include "op_adapter.h"
 #if DCNV2_MX_WITH_CUDA
 #include "../cuda/cuda_common.h"
 #endif
@@ -37,59 +48,6 @@ mxnet::ext::MXReturnValue guarded(const char* op_name, F&& body) {
   return mxnet::ext::MX_FAIL;
 }
 
-/*! \brief Name of an MXNet dtype code, for messages. */
-inline const char* dtype_name(int dtype) {
-  switch (dtype) {
-    case mxnet::ext::kFloat32: return "float32";
-    case mxnet::ext::kFloat64: return "float64";
-    case mxnet::ext::kFloat16: return "float16";
-    case mxnet::ext::kUint8: return "uint8";
-    case mxnet::ext::kInt32: return "int32";
-    case mxnet::ext::kInt8: return "int8";
-    case mxnet::ext::kInt64: return "int64";
-    default: return "unknown";
-  }
-}
-
-/*! \brief Calls body(T{}) with T the C++ type of a CPU dtype; float16 is a GPU type here. */
-template <typename Body>
-void dispatch_cpu(int dtype, Body&& body) {
-  switch (dtype) {
-    case mxnet::ext::kFloat32: return body(float{});
-    case mxnet::ext::kFloat64: return body(double{});
-    default:
-      throw std::invalid_argument(std::string("dtype ") + dtype_name(dtype) +
-                                  " is not supported on CPU (use float32 or float64)");
-  }
-}
-
-#if DCNV2_MX_WITH_CUDA
-/*!
- * \brief How the GPU backward passes sum gradients that many threads contribute to: in a fixed
- *        order when MXNet's switch for reproducible kernels, MXNET_ENFORCE_DETERMINISM, is set
- *        (to anything but 0 or false), with atomics otherwise. Read at every call.
- */
-DataGradMode data_grad_mode();
-
-/*! \brief The CUDA stream MXNet gives a GPU call. */
-inline cudaStream_t stream_of(const mxnet::ext::OpResource& res) {
-  return static_cast<cudaStream_t>(res.get_cuda_stream());
-}
-
-/*! \brief Calls body(T{}) with T the C++ type of a GPU dtype (float16 is CUDA's __half). */
-template <typename Body>
-void dispatch_gpu(int dtype, Body&& body) {
-  switch (dtype) {
-    case mxnet::ext::kFloat32: return body(float{});
-    case mxnet::ext::kFloat64: return body(double{});
-    case mxnet::ext::kFloat16: return body(__half{});
-    default:
-      throw std::invalid_argument(std::string("dtype ") + dtype_name(dtype) +
-                                  " is not supported on GPU (use float32, float64 or float16)");
-  }
-}
-#endif
-
 /*!
  * \brief Type inference shared by the operators: every input takes the type of the first known
  *        one, which must be a floating type; all outputs take it as well.
@@ -97,10 +55,60 @@ void dispatch_gpu(int dtype, Body&& body) {
 void infer_float_types(const char* op_name, const std::vector<std::string>& input_names,
                        std::vector<int>* in_types, std::vector<int>* out_types);
 
-/*! \brief The element pointer of an optional tensor (null when `index` < 0). */
-template <typename T>
-T* tensor_ptr(std::vector<mxnet::ext::MXTensor>* tensors, int index) {
-  return index < 0 ? nullptr : tensors->at(index).data<T>();
+/*!
+ * \brief MXNet's switch for reproducible kernels, MXNET_ENFORCE_DETERMINISM: set to anything
+ *        but 0 or false. Read at every call.
+ */
+bool enforce_determinism();
+
+/*!
+ * \brief A compute call of MXNet as an OpCall. MXNet's backward inputs are the output gradient,
+ *        the forward inputs and the forward output; its outputs one gradient per input.
+ */
+OpCall op_call(bool backward, const std::vector<mxnet::ext::MXTensor>& inputs,
+               const std::vector<mxnet::ext::MXTensor>& outputs);
+
+/*! \brief What MXNet's resource gives a call on the CPU (or, `gpu`, the GPU) with `tensor`. */
+CallHost call_host(const mxnet::ext::OpResource& res, const mxnet::ext::MXTensor& tensor,
+                   bool gpu);
+
+/*! \brief The registered parseAttrs of operator spec Op: its number of inputs, one output. */
+template <typename Op>
+mxnet::ext::MXReturnValue parse_attrs(const AttrMap& attrs, int* num_in, int* num_out) {
+  return guarded(Op::kName, [&] {
+    *num_in = Op::parse(attrs).num_inputs();
+    *num_out = 1;
+  });
+}
+
+/*! \brief The registered inferType of operator spec Op. */
+template <typename Op>
+mxnet::ext::MXReturnValue infer_type(const AttrMap& attrs, std::vector<int>* in_types,
+                                     std::vector<int>* out_types) {
+  return guarded(Op::kName, [&] {
+    infer_float_types(Op::kName, Op::parse(attrs).input_names(), in_types, out_types);
+  });
+}
+
+/*! \brief The registered inferShape of operator spec Op. */
+template <typename Op>
+mxnet::ext::MXReturnValue infer_shape(const AttrMap& attrs,
+                                      std::vector<std::vector<unsigned>>* in_shapes,
+                                      std::vector<std::vector<unsigned>>* out_shapes) {
+  return guarded(Op::kName, [&] { (*out_shapes)[0] = Op::parse(attrs).infer_shapes(in_shapes); });
+}
+
+/*! \brief The registered forward (kBackward false) or backward of Op on Device (Cpu or Gpu). */
+template <typename Op, typename Device, bool kBackward>
+mxnet::ext::MXReturnValue compute(const AttrMap& attrs,
+                                  std::vector<mxnet::ext::MXTensor>* inputs,
+                                  std::vector<mxnet::ext::MXTensor>* outputs,
+                                  const mxnet::ext::OpResource& res) {
+  return guarded(Op::kName, [&] {
+    const typename Op::Param p = Op::parse(attrs);
+    const OpCall call = op_call(kBackward, *inputs, *outputs);
+    run<Op, Device>(p, call, call_host(res, inputs->at(0), !std::is_same<Device, Cpu>::value));
+  });
 }
 
 }  // namespace dcnv2_mx

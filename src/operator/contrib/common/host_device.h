@@ -34,9 +34,9 @@ DCN_HD int floor_to_int(Acc v) {
 }
 
 /*!
- * \brief Accumulation type of a storage type: float16 data is sampled, interpolated and
- *        accumulated in float32 (the original computed sampling positions in half precision,
- *        which quantised them).
+ * \brief Accumulation type of a storage type: the type itself here. The CUDA code specialises
+ *        it for __half (cuda/cuda_common.h), so that float16 is sampled, interpolated and
+ *        accumulated in float32; the CPU computes float16 calls in float32 throughout.
  */
 template <typename T>
 struct AccType {

@@ -52,7 +52,7 @@ constexpr size_t kBlockBytes = size_t(32) << 20;
  * \brief Pixels [first, first + count) of a block of whole images that starts at image n0,
  *        counted across the block: pixel f is pixel f % P of image n0 + f / P.
  */
-struct Tile {
+struct ThreadTile {
   index_t n0, first, count;
 };
 
@@ -74,13 +74,13 @@ struct ThreadBuffers {
  *        (`bytes`), which is how the planner sizes the scratch.
  */
 template <typename T, typename Acc>
-struct Buffers {
+struct CpuBuffers {
   T* images;  //!< (block images, HW, C), pixel-major
   T* weight;  //!< (G, F/G, K, C/G): the permuted weight
   std::vector<ThreadBuffers<T, Acc>> threads;
   size_t bytes;  //!< scratch these buffers need
 
-  Buffers(const DeformConvGeometry& g, const TilePlan& plan, Scratch scratch, bool backward) {
+  CpuBuffers(const DeformConvGeometry& g, const CpuTilePlan& plan, Scratch scratch, bool backward) {
     ScratchCarver carver(scratch);
     const size_t tile = static_cast<size_t>(plan.tile);
     const size_t images_n = static_cast<size_t>(plan.images * g.channels * g.in_plane());
@@ -172,7 +172,7 @@ inline void thread_share(index_t count, index_t* begin, index_t* end) {
  *        [p, p + run) of image n are tile pixels [t, t + run).
  */
 template <typename Body>
-void for_image_runs(const DeformConvGeometry& g, const Tile& tile, Body&& body) {
+void for_image_runs(const DeformConvGeometry& g, const ThreadTile& tile, Body&& body) {
   const index_t P = g.out_plane();
   for (index_t t = 0; t < tile.count;) {
     const index_t f = tile.first + t, n = tile.n0 + f / P, p = f % P;
@@ -235,8 +235,8 @@ const T* image_mask(const DeformConvGeometry& g, const T* mask, index_t n) {
  *        per sample: 64-bit divisions would dominate this loop.
  */
 template <typename T, typename Acc>
-void build_samples(const DeformConvGeometry& g, const T* offset, const T* mask, const Tile& tile,
-                   const ThreadBuffers<T, Acc>& own) {
+void build_samples(const DeformConvGeometry& g, const T* offset, const T* mask,
+                   const ThreadTile& tile, const ThreadBuffers<T, Acc>& own) {
   const index_t P = g.out_plane(), K = g.taps();
   for (index_t row = 0; row < g.deformable_groups * K; ++row) {  // row = dgroup * K + k
     const index_t dgroup = row / K, k = row - dgroup * K;
@@ -261,13 +261,13 @@ void build_samples(const DeformConvGeometry& g, const T* offset, const T* mask, 
 
 /*! \brief The pixel-major image (or image gradient) of tile pixel t within a block's copies. */
 template <typename U>
-U* image_of(const DeformConvGeometry& g, const Tile& tile, U* images, index_t t) {
+U* image_of(const DeformConvGeometry& g, const ThreadTile& tile, U* images, index_t t) {
   return images + ((tile.first + t) / g.out_plane()) * g.in_plane() * g.channels;
 }
 
 /*! \brief colT[t, grp, k, c] = m * bilinear(image(t)[c], sample(dgroup(c), k, t)). */
 template <typename T, typename Acc>
-void im2col(const DeformConvGeometry& g, const ChannelRuns& runs, const Tile& tile,
+void im2col(const DeformConvGeometry& g, const ChannelRuns& runs, const ThreadTile& tile,
             const T* images, const ThreadBuffers<T, Acc>& own) {
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group();
   for (index_t t = 0; t < tile.count; ++t) {
@@ -287,7 +287,7 @@ void im2col(const DeformConvGeometry& g, const ChannelRuns& runs, const Tile& ti
 
 /*! \brief out[n, :, p] = W x colT[t]^T + bias for every tile pixel. */
 template <typename T, typename Acc>
-bool forward_gemm(const DeformConvGeometry& g, const Tile& tile, const T* weight,
+bool forward_gemm(const DeformConvGeometry& g, const ThreadTile& tile, const T* weight,
                   const ThreadBuffers<T, Acc>& own, const T* bias, T* out) {
   const index_t P = g.out_plane(), CK = g.channels * g.taps(), F = g.filters;
   const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
@@ -311,7 +311,7 @@ bool forward_gemm(const DeformConvGeometry& g, const Tile& tile, const T* weight
  *        Ho * Wo elements) and the run is tile pixels [t, t + run). True if every call was.
  */
 template <typename T, typename Gemm>
-bool for_out_grad_blocks(const DeformConvGeometry& g, const Tile& tile, const T* out_grad,
+bool for_out_grad_blocks(const DeformConvGeometry& g, const ThreadTile& tile, const T* out_grad,
                          Gemm&& gemm) {
   const index_t P = g.out_plane(), fg = g.filters_per_group();
   bool ok = true;
@@ -324,7 +324,7 @@ bool for_out_grad_blocks(const DeformConvGeometry& g, const Tile& tile, const T*
 
 /*! \brief This thread's weight gradient += dout x colT over the tile's pixels. */
 template <typename T, typename Acc>
-bool weight_grad_gemm(const DeformConvGeometry& g, const Tile& tile,
+bool weight_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile,
                       const ThreadBuffers<T, Acc>& own, const T* out_grad) {
   const index_t P = g.out_plane(), CK = g.channels * g.taps();
   const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
@@ -338,7 +338,7 @@ bool weight_grad_gemm(const DeformConvGeometry& g, const Tile& tile,
 
 /*! \brief colT_grad[t] = dout[n, :, p]^T x W for every tile pixel. */
 template <typename T, typename Acc>
-bool col_grad_gemm(const DeformConvGeometry& g, const Tile& tile, const T* weight,
+bool col_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile, const T* weight,
                    const ThreadBuffers<T, Acc>& own, const T* out_grad) {
   const index_t P = g.out_plane(), CK = g.channels * g.taps();
   const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
@@ -355,8 +355,8 @@ bool col_grad_gemm(const DeformConvGeometry& g, const Tile& tile, const T* weigh
  */
 template <typename T, typename Acc>
 void position_and_mask_grads(const DeformConvGeometry& g, const ChannelRuns& runs,
-                             const Tile& tile, const T* images, const ThreadBuffers<T, Acc>& own,
-                             T* offset_grad, T* mask_grad) {
+                             const ThreadTile& tile, const T* images,
+                             const ThreadBuffers<T, Acc>& own, T* offset_grad, T* mask_grad) {
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group(), P = g.out_plane();
   for (index_t t = 0; t < tile.count; ++t) {
     const index_t f = tile.first + t, n = tile.n0 + f / P, p = f % P;
@@ -405,7 +405,7 @@ void position_and_mask_grads(const DeformConvGeometry& g, const ChannelRuns& run
 
 /*! \brief This thread's image gradients += the scatter of colT's gradient over the samples. */
 template <typename T, typename Acc>
-void col2im(const DeformConvGeometry& g, const ChannelRuns& runs, const Tile& tile,
+void col2im(const DeformConvGeometry& g, const ChannelRuns& runs, const ThreadTile& tile,
             const ThreadBuffers<T, Acc>& own) {
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group();
   for (index_t t = 0; t < tile.count; ++t) {
@@ -429,17 +429,17 @@ void col2im(const DeformConvGeometry& g, const ChannelRuns& runs, const Tile& ti
  *        of at most plan.tile pixels (call from every thread of the region).
  */
 template <typename Body>
-void for_own_tiles(const DeformConvGeometry& g, const TilePlan& plan, index_t n0, index_t n1,
+void for_own_tiles(const DeformConvGeometry& g, const CpuTilePlan& plan, index_t n0, index_t n1,
                    Body&& body) {
   index_t begin, end;
   thread_share((n1 - n0) * g.out_plane(), &begin, &end);
   for (index_t first = begin; first < end; first += plan.tile)
-    body(Tile{n0, first, std::min(plan.tile, end - first)});
+    body(ThreadTile{n0, first, std::min(plan.tile, end - first)});
 }
 
 /*! \brief Calls body(n0, n1) for the blocks of images of a call, in order. */
 template <typename Body>
-void for_blocks(const DeformConvGeometry& g, const TilePlan& plan, Body&& body) {
+void for_blocks(const DeformConvGeometry& g, const CpuTilePlan& plan, Body&& body) {
   for (index_t n0 = 0; n0 < g.batch; n0 += plan.images)
     body(n0, std::min(g.batch, n0 + plan.images));
 }
@@ -452,14 +452,16 @@ void check_gemms(bool ok) {
 }  // namespace
 
 template <typename T>
-TilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, size_t budget_bytes) {
+CpuTilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, size_t budget_bytes,
+                                 size_t reserved_bytes) {
   using Acc = typename AccType<T>::type;
-  const size_t budget = scratch_budget(budget_bytes);
+  const size_t block = scratch_budget(budget_bytes);
+  const size_t budget = block > reserved_bytes ? block - reserved_bytes : 0;
   const size_t image = static_cast<size_t>(g.channels * g.in_plane()) * sizeof(T);
   const size_t col_per_pixel = static_cast<size_t>(g.channels * g.taps()) * sizeof(T);
   const index_t preferred_tile = static_cast<index_t>(kThreadTileBytes / col_per_pixel) + 1;
-  auto bytes = [&](TilePlan plan) {
-    return Buffers<T, Acc>(g, plan, Scratch{nullptr, 0}, backward).bytes;
+  auto bytes = [&](const CpuTilePlan& plan) {
+    return CpuBuffers<T, Acc>(g, plan, Scratch{nullptr, 0}, backward).bytes;
   };
   // Most threads first, then the most images per block up to kBlockBytes of copies (backward
   // holds one more copy per thread), then the largest tile up to the preferred one.
@@ -468,10 +470,7 @@ TilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, size_t
     index_t images = std::min<index_t>(
         g.batch, std::max<index_t>(1, static_cast<index_t>(kBlockBytes / (copies * image))));
     for (; images >= 1; images /= 2) {
-      TilePlan plan;
-      plan.threads = threads;
-      plan.images = images;
-      plan.tile = 1;
+      CpuTilePlan plan{1, images, threads, 0};
       if (bytes(plan) > budget) continue;
       const index_t share = (images * g.out_plane() + threads - 1) / threads;
       index_t lo = 1, hi = std::min(preferred_tile, share);  // largest tile that fits
@@ -487,18 +486,14 @@ TilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, size_t
       return plan;
     }
   }
-  TilePlan smallest;
-  smallest.threads = 1;
-  smallest.images = 1;
-  smallest.tile = 1;
-  throw_workspace_too_small(budget_bytes, bytes(smallest));
+  throw_workspace_too_small(budget_bytes, reserved_bytes + bytes(CpuTilePlan{1, 1, 1, 0}));
 }
 
 template <typename T>
 void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
-                             const TilePlan& plan, Scratch scratch) {
+                             const CpuTilePlan& plan, Scratch scratch) {
   using Acc = typename AccType<T>::type;
-  const Buffers<T, Acc> buf(g, plan, scratch, false);
+  const CpuBuffers<T, Acc> buf(g, plan, scratch, false);
   const ChannelRuns runs(g);
   const index_t C = g.channels, HW = g.in_plane();
   bool ok = true;
@@ -512,7 +507,7 @@ void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwar
       }
       team_transpose(a.data + n0 * C * HW, n1 - n0, C, HW, buf.images);
 #pragma omp barrier  // the images and the weight are ready
-      for_own_tiles(g, plan, n0, n1, [&](const Tile& tile) {
+      for_own_tiles(g, plan, n0, n1, [&](const ThreadTile& tile) {
         build_samples<T, Acc>(g, a.offset, a.mask, tile, own);
         im2col<T, Acc>(g, runs, tile, buf.images, own);
         ok = forward_gemm<T, Acc>(g, tile, buf.weight, own, a.bias, a.out) && ok;
@@ -524,9 +519,9 @@ void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwar
 
 template <typename T>
 void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
-                              const TilePlan& plan, Scratch scratch) {
+                              const CpuTilePlan& plan, Scratch scratch) {
   using Acc = typename AccType<T>::type;
-  const Buffers<T, Acc> buf(g, plan, scratch, true);
+  const CpuBuffers<T, Acc> buf(g, plan, scratch, true);
   const ChannelRuns runs(g);
   const index_t P = g.out_plane(), C = g.channels, HW = g.in_plane();
   const index_t rows_g = g.col_rows_per_group();
@@ -548,7 +543,7 @@ void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackw
       if (a.data_grad)
         std::memset(own.image_grads, 0, sizeof(T) * static_cast<size_t>((n1 - n0) * C * HW));
 #pragma omp barrier  // the images and the weight are ready
-      for_own_tiles(g, plan, n0, n1, [&](const Tile& tile) {
+      for_own_tiles(g, plan, n0, n1, [&](const ThreadTile& tile) {
         build_samples<T, Acc>(g, a.in.offset, a.in.mask, tile, own);
         if (a.weight_grad) {
           im2col<T, Acc>(g, runs, tile, buf.images, own);
@@ -590,12 +585,12 @@ void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackw
 }
 
 #define DCNV2_MX_INSTANTIATE_CPU(T)                                                             \
-  template TilePlan plan_deform_conv_cpu<T>(const DeformConvGeometry&, bool, size_t);          \
+  template CpuTilePlan plan_deform_conv_cpu<T>(const DeformConvGeometry&, bool, size_t, size_t); \
   template void deform_conv_forward_cpu<T>(const DeformConvGeometry&,                          \
-                                           const DeformConvForwardArgs<T>&, const TilePlan&,   \
+                                           const DeformConvForwardArgs<T>&, const CpuTilePlan&,   \
                                            Scratch);                                           \
   template void deform_conv_backward_cpu<T>(const DeformConvGeometry&,                         \
-                                            const DeformConvBackwardArgs<T>&, const TilePlan&, \
+                                            const DeformConvBackwardArgs<T>&, const CpuTilePlan&, \
                                             Scratch);
 DCNV2_MX_INSTANTIATE_CPU(float)
 DCNV2_MX_INSTANTIATE_CPU(double)

@@ -18,13 +18,9 @@ namespace cuda {
 
 /*! \brief Throws std::runtime_error naming `what` unless `status` is success. */
 inline void check_cublas(cublasStatus_t status, const char* what) {
-  if (status == CUBLAS_STATUS_SUCCESS) return;
-  std::string message =
-      std::string(what) + " failed: cuBLAS status " + std::to_string(static_cast<int>(status));
-#if defined(DCNV2_MX_CUDA_EMULATION)
-  message += " (" + cuda_emulation::state().problem + ")";  // the emulator's reason
-#endif
-  throw std::runtime_error(message);
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string(what) + " failed: cuBLAS status " +
+                             std::to_string(static_cast<int>(status)));
 }
 
 /*!

@@ -32,6 +32,7 @@
 
 #include "cublas_gemm.h"
 #include "deformable_conv_cuda.h"
+#include "launch.h"
 
 namespace dcnv2_mx {
 
@@ -53,7 +54,7 @@ constexpr index_t kChannelsPerThread = 8;
 constexpr index_t kCorners = 4;
 
 /*! \brief Pixels [p0, p0 + np) of each of images [n0, n1); tile column j is image n0 + j / np. */
-struct Tile {
+struct GpuTile {
   index_t n0, n1, p0, np;
   DCN_HD index_t images() const { return n1 - n0; }
   DCN_HD index_t pixels() const { return images() * np; }
@@ -63,11 +64,11 @@ struct Tile {
 
 /*! \brief Calls body(tile) for the tiles of a call, in order. */
 template <typename Body>
-void for_each_tile(const DeformConvGeometry& g, const TilePlan& plan, Body&& body) {
+void for_each_tile(const DeformConvGeometry& g, const GpuTilePlan& plan, Body&& body) {
   const index_t P = g.out_plane();
   for (index_t n0 = 0; n0 < g.batch; n0 += plan.images)
     for (index_t p0 = 0; p0 < P; p0 += plan.tile)
-      body(Tile{n0, std::min(g.batch, n0 + plan.images), p0, std::min(plan.tile, P - p0)});
+      body(GpuTile{n0, std::min(g.batch, n0 + plan.images), p0, std::min(plan.tile, P - p0)});
 }
 
 /*! \brief Work item (deformable group, tap, tile column) of the per-sample kernels. */
@@ -80,7 +81,7 @@ struct SampleItem {
 template <typename T, typename Acc>
 __device__ __forceinline__ BilinearSample<Acc> column_sample(const DeformConvGeometry& g,
                                                              const T* offset, const T* mask,
-                                                             const Tile& tile,
+                                                             const GpuTile& tile,
                                                              const SampleItem& it, Acc* m) {
   const index_t n = tile.image(it.j), P = g.out_plane();
   return tap_sample<T, Acc>(g, offset + n * g.offset_channels() * P,
@@ -124,7 +125,7 @@ DCN_HD ChunkItem chunk_item(const DeformConvGeometry& g, index_t cols, index_t i
 /*! \brief col[c*K + k, j] = m * bilinear(data[n(j), c], sample(dgroup(c), k, j)). */
 template <typename T, typename Acc>
 __global__ void im2col_kernel(index_t count, DeformConvGeometry g, const T* data,
-                              const T* offset, const T* mask, Tile tile, T* col) {
+                              const T* offset, const T* mask, GpuTile tile, T* col) {
   const index_t cols = tile.pixels(), K = g.taps(), HW = g.in_plane();
   grid_stride(count, [&](index_t i) {
     const ChunkItem it = chunk_item(g, cols, i);
@@ -139,14 +140,14 @@ __global__ void im2col_kernel(index_t count, DeformConvGeometry g, const T* data
 }
 
 /*! \brief Position of element (f, tile column j) in an (N, F, Ho*Wo) tensor. */
-DCN_HD index_t image_layout_index(const DeformConvGeometry& g, const Tile& tile, index_t f,
+DCN_HD index_t image_layout_index(const DeformConvGeometry& g, const GpuTile& tile, index_t f,
                                   index_t j) {
   return (tile.image(j) * g.filters + f) * g.out_plane() + tile.pixel(j);
 }
 
 /*! \brief columns (F, cols) = the tile's part of src (N, F, Ho*Wo). */
 template <typename T>
-__global__ void pack_columns_kernel(index_t count, DeformConvGeometry g, Tile tile, const T* src,
+__global__ void pack_columns_kernel(index_t count, DeformConvGeometry g, GpuTile tile, const T* src,
                                     T* columns) {
   const index_t cols = tile.pixels();
   grid_stride(count, [&](index_t i) {
@@ -156,7 +157,7 @@ __global__ void pack_columns_kernel(index_t count, DeformConvGeometry g, Tile ti
 
 /*! \brief The tile's part of dst (N, F, Ho*Wo) = columns (F, cols) + bias (F,) if given. */
 template <typename T, typename Acc>
-__global__ void unpack_columns_kernel(index_t count, DeformConvGeometry g, Tile tile,
+__global__ void unpack_columns_kernel(index_t count, DeformConvGeometry g, GpuTile tile,
                                       const T* columns, const T* bias, T* dst) {
   const index_t cols = tile.pixels();
   grid_stride(count, [&](index_t i) {
@@ -173,7 +174,7 @@ __global__ void unpack_columns_kernel(index_t count, DeformConvGeometry g, Tile 
  */
 template <typename T, typename Acc>
 __global__ void offset_mask_grad_kernel(index_t count, DeformConvGeometry g, const T* data,
-                                        const T* offset, const T* mask, Tile tile,
+                                        const T* offset, const T* mask, GpuTile tile,
                                         const T* col_grad, T* offset_grad, T* mask_grad) {
   const index_t cols = tile.pixels(), K = g.taps(), HW = g.in_plane(), P = g.out_plane();
   const index_t cpd = g.channels_per_dgroup();
@@ -207,7 +208,7 @@ __global__ void offset_mask_grad_kernel(index_t count, DeformConvGeometry g, con
 /*! \brief image_grad (images of the tile, C, H*W) += atomic scatter of the column gradient. */
 template <typename T, typename Acc>
 __global__ void data_grad_atomic_kernel(index_t count, DeformConvGeometry g, const T* offset,
-                                        const T* mask, Tile tile, const T* col_grad,
+                                        const T* mask, GpuTile tile, const T* col_grad,
                                         Acc* image_grad) {
   const index_t cols = tile.pixels(), K = g.taps(), HW = g.in_plane();
   grid_stride(count, [&](index_t i) {
@@ -231,7 +232,7 @@ __global__ void data_grad_atomic_kernel(index_t count, DeformConvGeometry g, con
  */
 template <typename T, typename Acc>
 __global__ void corner_entries_kernel(index_t count, DeformConvGeometry g, const T* offset,
-                                      const T* mask, Tile tile, uint32_t sentinel,
+                                      const T* mask, GpuTile tile, uint32_t sentinel,
                                       uint32_t* keys, uint32_t* ids, Acc* weights) {
   const index_t cols = tile.pixels(), HW = g.in_plane();
   grid_stride(count, [&](index_t i) {
@@ -271,7 +272,7 @@ __global__ void segment_starts_kernel(index_t count, const uint32_t* sorted_keys
  *        corner), so the result does not depend on thread timing.
  */
 template <typename T, typename Acc>
-__global__ void data_grad_gather_kernel(index_t count, DeformConvGeometry g, Tile tile,
+__global__ void data_grad_gather_kernel(index_t count, DeformConvGeometry g, GpuTile tile,
                                         const uint32_t* starts, const uint32_t* sorted_ids,
                                         const Acc* weights, const T* col_grad, bool accumulate,
                                         Acc* image_grad) {
@@ -314,12 +315,9 @@ struct Layout {
   size_t sort_temp_bytes;  //!< CUB's scratch (deterministic backward), for the largest tile
 };
 
-/*! \brief Most sub-buffers that Buffers carves (each aligned to 64 bytes). */
-constexpr size_t kMaxSubBuffers = 13;
-
 /*! \brief Sub-buffers of one call's scratch block; on a null block, only its size. */
 template <typename T>
-struct Buffers {
+struct GpuBuffers {
   using Acc = typename AccType<T>::type;
   T* col;                    //!< (C*K, cols): columns, then (backward) their gradient
   T* filter_major;           //!< (F, cols): output before unpacking; packed output gradient
@@ -336,7 +334,7 @@ struct Buffers {
   size_t sort_temp_bytes = 0;
   size_t bytes;  //!< size of the block these buffers need
 
-  Buffers(const DeformConvGeometry& g, const Layout& layout, index_t tile, index_t images,
+  GpuBuffers(const DeformConvGeometry& g, const Layout& layout, index_t tile, index_t images,
           Scratch scratch) {
     ScratchCarver carver(scratch);
     const size_t cols = static_cast<size_t>(tile * images);
@@ -367,7 +365,7 @@ struct Buffers {
 template <typename T>
 size_t scratch_bytes(const DeformConvGeometry& g, const Layout& layout, index_t tile,
                      index_t images) {
-  return Buffers<T>(g, layout, tile, images, Scratch{nullptr, 0}).bytes;
+  return GpuBuffers<T>(g, layout, tile, images, Scratch{nullptr, 0}).bytes;
 }
 
 /*! \brief Pixels per tile the planner aims at: the target, within CUB's int item counts. */
@@ -401,7 +399,7 @@ Layout make_layout(const DeformConvGeometry& g, bool backward, DataGradMode mode
 /*! \brief Data gradient of one tile (into the accumulator of the tile's images). */
 template <typename T>
 void data_grad_tile(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
-                    DataGradMode mode, const Tile& tile, const Buffers<T>& buf,
+                    DataGradMode mode, const GpuTile& tile, const GpuBuffers<T>& buf,
                     cudaStream_t stream) {
   using Acc = typename AccType<T>::type;
   const index_t HW = g.in_plane(), cols = tile.pixels();
@@ -443,8 +441,8 @@ void data_grad_tile(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>
 }  // namespace
 
 template <typename T>
-TilePlan plan_deform_conv_gpu(const DeformConvGeometry& g, bool backward, DataGradMode mode,
-                              size_t budget_bytes) {
+GpuTilePlan plan_deform_conv_gpu(const DeformConvGeometry& g, bool backward, DataGradMode mode,
+                                 size_t budget_bytes) {
   const bool sorted = backward && mode == DataGradMode::kDeterministic;
   const uint64_t planes = static_cast<uint64_t>(g.deformable_groups * g.in_plane());
   if (sorted && planes >= UINT32_MAX)
@@ -452,46 +450,50 @@ TilePlan plan_deform_conv_gpu(const DeformConvGeometry& g, bool backward, DataGr
         "the deterministic data gradient (MXNET_ENFORCE_DETERMINISM) supports "
         "num_deformable_group * H * W < 2^32");
   const Layout layout = make_layout<T>(g, backward, mode);
+  const size_t budget = scratch_budget(budget_bytes);
+  auto bytes = [&](index_t tile, index_t images) {
+    return scratch_bytes<T>(g, layout, tile, images);
+  };
   const index_t P = g.out_plane();
-  // plan_tiles' model of the scratch: per (deformable group, tap, pixel) the sort entries; per
-  // pixel the column, the filter-major row and (backward) a one; whatever the tile, the rest
-  // for one image, and up to 63 bytes of alignment for each sub-buffer.
-  const size_t entry_bytes = 4 * sizeof(uint32_t) + sizeof(typename AccType<T>::type);
-  const size_t sample_bytes = sorted ? kCorners * entry_bytes : 0;
-  const size_t pixel_bytes = static_cast<size_t>(g.filters + (backward ? 1 : 0)) * sizeof(T);
-  const size_t fixed_bytes = scratch_bytes<T>(g, layout, 0, 1) + kMaxSubBuffers * 64;
-  TilePlan plan = plan_tiles(g, sizeof(T), sample_bytes, false, budget_bytes,
-                             target_pixels<T>(g, sorted), fixed_bytes, pixel_bytes);
-  plan.images = 1;
+  // The largest pixel tile of one image, up to the target, whose scratch fits.
+  if (bytes(1, 1) > budget) throw_workspace_too_small(budget_bytes, bytes(1, 1));
+  index_t lo = 1, hi = std::min(P, target_pixels<T>(g, sorted));
+  while (lo < hi) {
+    const index_t tile = (lo + hi + 1) / 2;
+    if (bytes(tile, 1) <= budget)
+      lo = tile;
+    else
+      hi = tile - 1;
+  }
+  GpuTilePlan plan{lo, 1, 0};
   if (plan.tile == P && g.batch > 1) {
     // Whole images: as many per tile as the target and the budget allow; the scratch grows
-    // linearly with the images of a tile. alloc_gpu takes an int.
-    const size_t budget = std::min(budget_bytes, static_cast<size_t>(INT_MAX));
-    const size_t one = scratch_bytes<T>(g, layout, P, 1);
-    const size_t per_image = scratch_bytes<T>(g, layout, P, 2) - one;
+    // linearly with the images of a tile.
+    const size_t one = bytes(P, 1);
+    const size_t per_image = bytes(P, 2) - one;
     index_t images = max_tile_columns<T>(g, sorted) / P;
-    images = one <= budget ? std::min<index_t>(images, 1 + (budget - one) / per_image) : 1;
+    images = std::min<index_t>(images, 1 + (budget - one) / per_image);
     // 32-bit sort keys: images * dg * H*W + 1 distinct values.
     if (sorted)
       images = std::min<index_t>(images, static_cast<index_t>((UINT32_MAX - 1) / planes));
     // The sub-buffers' alignment makes the growth per image vary by a few bytes.
-    while (images > 1 && scratch_bytes<T>(g, layout, P, images) > budget) --images;
+    while (images > 1 && bytes(P, images) > budget) --images;
     plan.images = std::max<index_t>(images, 1);
   }
-  plan.scratch_bytes = scratch_bytes<T>(g, layout, plan.tile, plan.images);
+  plan.scratch_bytes = bytes(plan.tile, plan.images);
   return plan;
 }
 
 template <typename T>
 void deform_conv_forward_gpu(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
-                             const TilePlan& plan, Scratch scratch, cudaStream_t stream) {
+                             const GpuTilePlan& plan, Scratch scratch, cudaStream_t stream) {
   using Acc = typename AccType<T>::type;
-  const Buffers<T> buf(g, make_layout<T>(g, false, DataGradMode::kAtomic), plan.tile,
+  const GpuBuffers<T> buf(g, make_layout<T>(g, false, DataGradMode::kAtomic), plan.tile,
                        plan.images, scratch);
   cublasHandle_t blas = cuda::cublas_handle(stream);
   const int fg = static_cast<int>(g.filters_per_group());
   const int rows_g = static_cast<int>(g.col_rows_per_group());
-  for_each_tile(g, plan, [&](const Tile& tile) {
+  for_each_tile(g, plan, [&](const GpuTile& tile) {
     const index_t cols = tile.pixels();
     launch(im2col_kernel<T, Acc>, chunk_items(g, cols), stream, g, a.data, a.offset, a.mask,
            tile, buf.col);
@@ -507,10 +509,10 @@ void deform_conv_forward_gpu(const DeformConvGeometry& g, const DeformConvForwar
 
 template <typename T>
 void deform_conv_backward_gpu(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
-                              DataGradMode mode, const TilePlan& plan, Scratch scratch,
+                              DataGradMode mode, const GpuTilePlan& plan, Scratch scratch,
                               cudaStream_t stream) {
   using Acc = typename AccType<T>::type;
-  const Buffers<T> buf(g, make_layout<T>(g, true, mode), plan.tile, plan.images, scratch);
+  const GpuBuffers<T> buf(g, make_layout<T>(g, true, mode), plan.tile, plan.images, scratch);
   cublasHandle_t blas = cuda::cublas_handle(stream);
   const int fg = static_cast<int>(g.filters_per_group());
   const int rows_g = static_cast<int>(g.col_rows_per_group());
@@ -520,7 +522,7 @@ void deform_conv_backward_gpu(const DeformConvGeometry& g, const DeformConvBackw
   if (bias_grad)
     launch(cuda::fill_kernel<T>, plan.tile * plan.images, stream, T(1), buf.ones);
   bool started = false;  // whether the weight and bias gradients hold earlier tiles' sums
-  auto backward_tile = [&](const Tile& tile) {
+  auto backward_tile = [&](const GpuTile& tile) {
     const index_t cols = tile.pixels();
     const int icols = static_cast<int>(cols);
     const Acc beta = started ? Acc(1) : Acc(0);
@@ -562,14 +564,14 @@ void deform_conv_backward_gpu(const DeformConvGeometry& g, const DeformConvBackw
 }
 
 #define DCNV2_MX_INSTANTIATE_GPU(T)                                                          \
-  template TilePlan plan_deform_conv_gpu<T>(const DeformConvGeometry&, bool, DataGradMode,   \
-                                            size_t);                                         \
+  template GpuTilePlan plan_deform_conv_gpu<T>(const DeformConvGeometry&, bool, DataGradMode,\
+                                               size_t);                                      \
   template void deform_conv_forward_gpu<T>(const DeformConvGeometry&,                        \
-                                           const DeformConvForwardArgs<T>&, const TilePlan&, \
+                                           const DeformConvForwardArgs<T>&, const GpuTilePlan&, \
                                            Scratch, cudaStream_t);                           \
   template void deform_conv_backward_gpu<T>(const DeformConvGeometry&,                       \
                                             const DeformConvBackwardArgs<T>&, DataGradMode,  \
-                                            const TilePlan&, Scratch, cudaStream_t);
+                                            const GpuTilePlan&, Scratch, cudaStream_t);
 DCNV2_MX_INSTANTIATE_GPU(float)
 DCNV2_MX_INSTANTIATE_GPU(double)
 DCNV2_MX_INSTANTIATE_GPU(__half)

@@ -3,7 +3,7 @@
  * \brief CUDA entry points of the deformable convolutions (DCNv2 and DCNv1). Like the CPU ones
  *        they take raw device pointers, a geometry, a scratch block and a stream, and know
  *        nothing of MXNet: the operator registration and the standalone test harness
- *        (standalone_capi.cu) both drive them.
+ *        (tests/gpu/standalone_capi.cu) both drive them, through run() (common/op_adapter.h).
  *
  * Instantiated for float, double and __half (sampled and accumulated in float32). Every call
  * runs on the given stream without synchronising with the host; the caller makes the tensors'
@@ -20,18 +20,29 @@
 namespace dcnv2_mx {
 
 /*!
- * \brief Tiling and scratch size of a call within `budget_bytes`: tiles of `tile` output pixels
- *        of one image, or of `images` whole images. The mode matters for backward only. Throws
- *        std::invalid_argument when the budget cannot hold a single pixel.
+ * \brief Tiling of a GPU call: tiles of `tile` output pixels of one image, or (when `tile`
+ *        covers an image) of `images` whole images.
+ */
+struct GpuTilePlan {
+  index_t tile;          //!< output pixels of one image per tile
+  index_t images;        //!< images per tile: more than one only when `tile` covers an image
+  size_t scratch_bytes;  //!< scratch memory the call needs
+};
+
+/*!
+ * \brief Tiling and scratch size of a call within `budget_bytes`: the largest tile up to a
+ *        target of column memory whose scratch, measured as the call carves it, fits. The mode
+ *        matters for backward only. Throws std::invalid_argument when the budget cannot hold a
+ *        single pixel.
  */
 template <typename T>
-TilePlan plan_deform_conv_gpu(const DeformConvGeometry& g, bool backward, DataGradMode mode,
+GpuTilePlan plan_deform_conv_gpu(const DeformConvGeometry& g, bool backward, DataGradMode mode,
                               size_t budget_bytes);
 
 /*! \brief Forward: a.out = deformable convolution of a's inputs. */
 template <typename T>
 void deform_conv_forward_gpu(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
-                             const TilePlan& plan, Scratch scratch, cudaStream_t stream);
+                             const GpuTilePlan& plan, Scratch scratch, cudaStream_t stream);
 
 /*!
  * \brief Backward: writes each gradient of `a` whose pointer is not null (overwriting it). In
@@ -41,7 +52,7 @@ void deform_conv_forward_gpu(const DeformConvGeometry& g, const DeformConvForwar
  */
 template <typename T>
 void deform_conv_backward_gpu(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
-                              DataGradMode mode, const TilePlan& plan, Scratch scratch,
+                              DataGradMode mode, const GpuTilePlan& plan, Scratch scratch,
                               cudaStream_t stream);
 
 }  // namespace dcnv2_mx

@@ -8,6 +8,7 @@
  * including its data gradient (float32 scratch, converted at the end). Everything runs on the
  * caller's stream, without host synchronisation.
  */
+#include "launch.h"
 #include "psroi_pooling_cuda.h"
 
 namespace dcnv2_mx {

@@ -6,6 +6,8 @@ Importing the package loads the compiled operators into MXNet and installs keywo
   (modulated deformable convolution, DCNv2) and ``...DeformableConvolutionV1`` (offsets only);
 * ``mx.sym.contrib.ModulatedDeformablePSROIPooling`` and its ``mx.nd.contrib`` twin (modulated
   deformable PS-RoI pooling; without a mask, MXNet's DeformablePSROIPooling).
+
+It also registers ONNX converters with ``mx.onnx.export_model`` (see :mod:`dcnv2_mx.onnx`).
 """
 from . import library as _library
 
@@ -18,3 +20,7 @@ from .ops import (  # noqa: E402,F401
     DeformableConvolutionV1, DeformableConvolutionV2, ModulatedDeformablePSROIPooling)
 
 ops.install()
+
+# MXNet's ONNX exporter learns our operators (this needs no onnx package).
+from . import onnx as _onnx  # noqa: E402
+_onnx.register()

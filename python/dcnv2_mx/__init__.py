@@ -7,7 +7,9 @@ Importing the package loads the compiled operators into MXNet and installs keywo
 * ``mx.sym.contrib.ModulatedDeformablePSROIPooling`` and its ``mx.nd.contrib`` twin (modulated
   deformable PS-RoI pooling; without a mask, MXNet's DeformablePSROIPooling).
 
-It also registers ONNX converters with ``mx.onnx.export_model`` (see :mod:`dcnv2_mx.onnx`).
+It also puts the operators on the lists of MXNet's mixed precision (``mx.contrib.amp``, see
+:mod:`dcnv2_mx.amp`) and registers ONNX converters with ``mx.onnx.export_model`` (see
+:mod:`dcnv2_mx.onnx`).
 """
 from . import library as _library
 
@@ -21,6 +23,7 @@ from .ops import (  # noqa: E402,F401
 
 ops.install()
 
-# MXNet's ONNX exporter learns our operators (this needs no onnx package).
-from . import onnx as _onnx  # noqa: E402
+# MXNet's AMP lists and ONNX exporter learn our operators (neither needs the onnx package).
+from . import amp as _amp, onnx as _onnx  # noqa: E402
+_amp.register()
 _onnx.register()

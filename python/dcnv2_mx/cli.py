@@ -7,7 +7,9 @@
   deformed digits and draws the learned sampling locations;
 * ``viz``   -- the sampling-location figure for an exported model and any image;
 * ``export-onnx`` -- ONNX export of a saved model, verified in onnxruntime
-  (dcnv2_mx.tools.onnx_export).
+  (dcnv2_mx.tools.onnx_export);
+* ``dist-demo`` -- training on MXNet's dist_sync kvstore with a scheduler, a server and workers
+  on this machine (dcnv2_mx.tools.dist_train).
 """
 import argparse
 import ctypes
@@ -261,7 +263,7 @@ def build_parser():
     console = os.path.basename(sys.argv[0]) == "dcnv2-mx"
     parser = argparse.ArgumentParser(
         prog="dcnv2-mx" if console else "python -m dcnv2_mx", description="DCNv2 operators for MXNet: "
-        "self-test, benchmark, demo, visualisation, ONNX export.")
+        "self-test, benchmark, demo, visualisation, ONNX export, distributed training.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     info = sub.add_parser("info", help="MXNet, library, BLAS, threads, operators and dtypes")
@@ -304,8 +306,9 @@ def build_parser():
     viz.add_argument("--ctx", choices=("cpu", "gpu"), default="cpu")
     viz.set_defaults(run=cmd_viz)
 
-    from dcnv2_mx.tools import onnx_export
+    from dcnv2_mx.tools import dist_train, onnx_export
     onnx_export.add_parser(sub)
+    dist_train.add_parser(sub)
     return parser
 
 

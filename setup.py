@@ -111,7 +111,8 @@ setup(
     install_requires=["numpy<1.24", "scipy-openblas32>=0.3.27", ONEDNN_REQUIREMENT],
     extras_require={"test": ["pytest", "hypothesis"],
                     "gluoncv": ["gluoncv==0.10.5.post0"],
-                    "cli": ["matplotlib", "tqdm"]},
+                    "cli": ["matplotlib", "tqdm"],
+                    "onnx": ["onnx>=1.14,<1.19", "onnxruntime>=1.25"]},
     entry_points={"console_scripts": ["dcnv2-mx=dcnv2_mx.tools.cli:main"]},
     zip_safe=False,
 )

@@ -1,11 +1,15 @@
-"""Command line: ``python -m dcnv2_mx {info,check,bench,demo,viz}`` (also ``dcnv2-mx``).
+"""Command line: ``python -m dcnv2_mx COMMAND`` (also ``dcnv2-mx``).
 
 * ``info``  -- MXNet build, the loaded dcnv2_mx library, BLAS, threads, operators, dtypes;
 * ``check`` -- self-test of the build on each device (exit status 1 on any failure);
 * ``bench`` -- the benchmark suite with a ratio table and an optional plot;
 * ``demo``  -- trains a small network with regular, DCNv1 and DCNv2 layers on generated
   deformed digits and draws the learned sampling locations;
-* ``viz``   -- the sampling-location figure for an exported model and any image.
+* ``viz``   -- the sampling-location figure for an exported model and any image;
+* ``export-onnx`` -- ONNX export of a saved model, verified in onnxruntime
+  (dcnv2_mx.tools.onnx_export);
+* ``dist-demo`` -- training on MXNet's dist_sync kvstore with a scheduler, a server and workers
+  on this machine (dcnv2_mx.tools.dist_train).
 """
 import argparse
 import ctypes
@@ -255,7 +259,7 @@ def build_parser():
     console = os.path.basename(sys.argv[0]) == "dcnv2-mx"
     parser = argparse.ArgumentParser(
         prog="dcnv2-mx" if console else "python -m dcnv2_mx", description="DCNv2 operators for MXNet: "
-        "self-test, benchmark, demo and visualisation.")
+        "self-test, benchmark, demo, visualisation, ONNX export, distributed training.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     info = sub.add_parser("info", help="MXNet, library, BLAS, threads, operators and dtypes")
@@ -297,6 +301,10 @@ def build_parser():
     viz.add_argument("--out", default="viz.png")
     viz.add_argument("--ctx", choices=("cpu", "gpu"), default="cpu")
     viz.set_defaults(run=cmd_viz)
+
+    from dcnv2_mx.tools import dist_train, onnx_export
+    onnx_export.add_parser(sub)
+    dist_train.add_parser(sub)
     return parser
 
 

@@ -8,7 +8,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from dcnv2_mx import cli
+from dcnv2_mx.tools import cli
 from dcnv2_mx.tools import dist_train
 
 pytestmark = pytest.mark.skipif(not mx.runtime.Features().is_enabled("DIST_KVSTORE"),

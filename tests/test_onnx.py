@@ -22,7 +22,7 @@ if tuple(int(p) for p in ort.__version__.split(".")[:2]) < (1, 25):
 
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
-from dcnv2_mx import cli  # noqa: E402
+from dcnv2_mx.tools import cli  # noqa: E402
 from dcnv2_mx.gluon import DeformableConvolutionV2  # noqa: E402
 from dcnv2_mx.tools import onnx_export  # noqa: E402
 

@@ -37,15 +37,16 @@ def _is_variable(sym):
 def _guard(kind, value, guard_name, ndim):
     """Routes `value` through identity when its gradient may be requested with grad_req='add'.
 
-    A Symbol variable without a shape also gets its number of dimensions (unknown sizes): MXNet
-    1.9 corrupts memory when it asks a library operator to infer shapes from an input whose
-    number of dimensions is unknown.
+    A Symbol variable without a shape also gets its number of dimensions (unknown sizes, -1: a
+    0 would be an empty dimension under numpy shape semantics): MXNet 1.9 corrupts memory when
+    it asks a library operator to infer shapes from an input whose number of dimensions is
+    unknown.
     """
     if kind == "sym":
         if not _is_variable(value):
             return value
         if value.attr("__shape__") is None:
-            value._set_attr(__shape__=str((0,) * ndim))
+            value._set_attr(__shape__=str((-1,) * ndim))
         return mx.sym.identity(value, name=guard_name)
     if autograd.is_recording() and value.grad is not None:
         return mx.nd.identity(value)
@@ -219,7 +220,8 @@ def ModulatedDeformablePSROIPooling(data=None, rois=None, trans=None, mask=None,
     Shapes
     ------
     data : (N, output_dim*group_size**2, H, W)
-    rois : (R, 5), ``[batch_index, x1, y1, x2, y2]`` with 0 <= batch_index < N
+    rois : (R, 5), ``[batch_index, x1, y1, x2, y2]`` with -1 < batch_index < N (truncated
+        toward zero, as by MXNet's DeformablePSROIPooling)
     trans : (R, 2*num_classes, part_size, part_size), x then y offset per class
     mask : (R, num_classes, part_size, part_size)
     out : (R, output_dim, pooled_size, pooled_size)

@@ -6,6 +6,7 @@
  * Inputs are positional: data, offset, [mask], weight, [bias]. The Python package wraps them in
  * keyword functions with auto-created weights (mx.sym.contrib.DeformableConvolutionV2).
  */
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -77,6 +78,7 @@ template <typename T>
 void forward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
                  std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                  const OpResource& res) {
+  if (g.batch == 0) return;  // an empty batch (numpy shapes): the output is empty
   const TilePlan plan = plan_deform_conv_cpu<T>(g, false, p.workspace_bytes());
   DeformConvForwardArgs<T> a = forward_args<T>(p, inputs, 0);
   a.out = outputs->at(0).data<T>();
@@ -99,13 +101,30 @@ DeformConvBackwardArgs<T> backward_args(const DeformConvParam& p, std::vector<MX
   return a;
 }
 
+/*!
+ * \brief Backward of an empty batch (numpy shape semantics), where nothing is planned or
+ *        launched: every gradient is empty but the weight's and the bias's, which are zero.
+ *        `zero(ptr, bytes)` clears memory on the call's device.
+ */
+template <typename T, typename Zero>
+void zero_weight_and_bias_grads(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
+                                Zero&& zero) {
+  if (a.weight_grad)
+    zero(a.weight_grad, sizeof(T) * static_cast<size_t>(g.filters * g.col_rows_per_group()));
+  if (a.bias_grad) zero(a.bias_grad, sizeof(T) * static_cast<size_t>(g.filters));
+}
+
 template <typename T>
 void backward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
                   std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                   const OpResource& res) {
+  const DeformConvBackwardArgs<T> a = backward_args<T>(p, inputs, outputs);
+  if (g.batch == 0)
+    return zero_weight_and_bias_grads(g, a,
+                                      [](T* ptr, size_t bytes) { std::memset(ptr, 0, bytes); });
   const TilePlan plan = plan_deform_conv_cpu<T>(g, true, p.workspace_bytes());
   const Scratch scratch{res.alloc_cpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
-  deform_conv_backward_cpu<T>(g, backward_args<T>(p, inputs, outputs), plan, scratch);
+  deform_conv_backward_cpu<T>(g, a, plan, scratch);
 }
 
 template <bool kModulated>
@@ -138,6 +157,7 @@ template <typename T>
 void forward_gpu(const DeformConvParam& p, const DeformConvGeometry& g,
                  std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                  const OpResource& res) {
+  if (g.batch == 0) return;  // an empty batch (numpy shapes): the output is empty
   const TilePlan plan =
       plan_deform_conv_gpu<T>(g, false, DataGradMode::kAtomic, p.workspace_bytes());
   DeformConvForwardArgs<T> a = forward_args<T>(p, inputs, 0);
@@ -150,11 +170,15 @@ template <typename T>
 void backward_gpu(const DeformConvParam& p, const DeformConvGeometry& g,
                   std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                   const OpResource& res) {
+  const DeformConvBackwardArgs<T> a = backward_args<T>(p, inputs, outputs);
+  if (g.batch == 0)
+    return zero_weight_and_bias_grads(g, a, [&](T* ptr, size_t bytes) {
+      cuda::check(cudaMemsetAsync(ptr, 0, bytes, stream_of(res)), "cudaMemsetAsync");
+    });
   const DataGradMode mode = data_grad_mode();
   const TilePlan plan = plan_deform_conv_gpu<T>(g, true, mode, p.workspace_bytes());
   const Scratch scratch{res.alloc_gpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
-  deform_conv_backward_gpu<T>(g, backward_args<T>(p, inputs, outputs), mode, plan, scratch,
-                              stream_of(res));
+  deform_conv_backward_gpu<T>(g, a, mode, plan, scratch, stream_of(res));
 }
 
 template <bool kModulated>

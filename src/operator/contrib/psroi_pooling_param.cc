@@ -13,11 +13,14 @@ void require(const AttrReader& r, bool ok, const std::string& message) {
   if (!ok) r.fail(message);
 }
 
+/*! \brief Stands for an unknown dimension (as MXNet's -1 does). */
+constexpr unsigned kUnknown = UINT_MAX;
+
 /*! \brief Dimension `axis` of input `index` if that input exists, has `ndim` dimensions and the
- *         dimension is known; 0 otherwise. */
+ *         dimension is known (0 included: no RoIs under numpy shapes); kUnknown otherwise. */
 unsigned known_dim(const std::vector<std::vector<unsigned>>& in, int index, size_t ndim,
                    size_t axis) {
-  if (index < 0 || in[index].size() != ndim || !dim_known(in[index][axis])) return 0;
+  if (index < 0 || in[index].size() != ndim) return kUnknown;
   return in[index][axis];
 }
 
@@ -82,27 +85,35 @@ std::vector<unsigned> PSROIPoolParam::infer_shapes(
           "input 'data' has " + std::to_string(ds[1]) + " channels but output_dim*group_size^2 = " +
           std::to_string(output_dim) + "*" + std::to_string(group_size) + "^2 = " +
           std::to_string(channels) + " were expected");
+  // A 0 is a real size under numpy shape semantics: no images or no RoIs give an empty output,
+  // but a bin must have a plane to sample from.
+  require(r, ds[2] > 0 && ds[3] > 0,
+          "input 'data' has shape " + shape_str(ds) + ": height and width must be >= 1");
   // Bilinear corner offsets are 32-bit within one channel plane.
   require(r, static_cast<uint64_t>(ds[2]) * ds[3] < INT_MAX,
           "input 'data' planes of more than 2^31 pixels are not supported");
 
   unsigned num_rois = known_dim(in, 1, 2, 0);
-  if (num_rois == 0) num_rois = known_dim(in, trans_index(), 4, 0);
-  if (num_rois == 0) num_rois = known_dim(in, mask_index(), 4, 0);
-  require(r, num_rois != 0,
+  if (num_rois == kUnknown) num_rois = known_dim(in, trans_index(), 4, 0);
+  if (num_rois == kUnknown) num_rois = known_dim(in, mask_index(), 4, 0);
+  require(r, num_rois != kUnknown,
           "the number of RoIs is unknown: give the shape of input 'rois' (R, 5)");
 
   unsigned classes = 1;
   if (!no_trans || !no_mask) {
     const unsigned trans_channels = known_dim(in, trans_index(), 4, 1);
-    require(r, trans_channels % 2 == 0,
+    require(r, trans_channels == kUnknown || trans_channels % 2 == 0,
             "input 'trans' has " + std::to_string(trans_channels) +
             " channels but 2*num_classes (an x and a y offset per class) were expected");
-    classes = trans_channels ? trans_channels / 2 : known_dim(in, mask_index(), 4, 1);
-    require(r, classes != 0,
+    classes =
+        trans_channels != kUnknown ? trans_channels / 2 : known_dim(in, mask_index(), 4, 1);
+    require(r, classes != kUnknown,
             "the number of classes is unknown: give the shape of input '" +
             std::string(no_trans ? "mask" : "trans") + "' (R, " + (no_trans ? "" : "2*") +
             "num_classes, part_size, part_size)");
+    require(r, classes != 0,
+            "input '" + std::string(no_trans ? "mask" : "trans") +
+            "' has no classes: num_classes must be >= 1");
     require(r, output_dim % classes == 0,
             "parameter 'output_dim' (" + std::to_string(output_dim) +
             ") must be divisible by the number of classes (" + std::to_string(classes) +

@@ -2,7 +2,8 @@
 
 Written from the semantics in SPEC.md ("Deformable PS-RoI pooling"), one sample at a time, to
 check the operator independently of its C++ code. Arrays follow the operator's layouts:
-data (N, output_dim*G*G, H, W), rois (R, 5), trans (R, 2*num_classes, part, part) or None,
+data (N, output_dim*G*G, H, W), rois (R, 5) (batch index in (-1, N), truncated toward zero as
+by MXNet's DeformablePSROIPooling), trans (R, 2*num_classes, part, part) or None,
 mask (R, num_classes, part, part) or None, out (R, output_dim, P, P).
 """
 import math
@@ -87,7 +88,9 @@ def psroi_pooling(data, rois, trans, mask, spatial_scale, output_dim, group_size
              "trans": None if trans is None else np.zeros(trans.shape),
              "mask": None if mask is None else np.zeros(mask.shape)}
     for r in range(R):
-        b = int(rois[r, 0])
+        if not -1 < rois[r, 0] < data.shape[0]:
+            raise ValueError(f"rois[{r}, 0] = {rois[r, 0]} is not in (-1, {data.shape[0]})")
+        b = int(rois[r, 0])  # toward zero: (-1, 0) is image 0
         _, _, roi_h, roi_w = roi_window(rois[r], spatial_scale)
         for ctop in range(output_dim):
             cls = ctop // per_class

@@ -256,12 +256,33 @@ def _inputs():
     return dict(data=data, rois=rois, trans=trans, mask=mask)
 
 
-@pytest.mark.parametrize("batch_index", [-1, 2, float("nan")])
+@pytest.mark.parametrize("batch_index", [-1, -1.5, 2, 2.5, float("nan")])
 def test_batch_index_outside_batch_is_an_error(batch_index):
     inputs = _inputs()
     inputs["rois"][1, 0] = batch_index
-    with pytest.raises(mx.MXNetError, match=r"rois\[1, 0\] = .* must be in \[0, 2\)"):
+    with pytest.raises(mx.MXNetError, match=r"rois\[1, 0\] = .* must be in \(-1, 2\)"):
         ours(**inputs, **BASE)
+
+
+@pytest.mark.parametrize("batch_index,image", [(-0.5, 0), (-1e-6, 0), (0.7, 0), (1.99, 1)])
+def test_batch_index_is_truncated_toward_zero(batch_index, image):
+    """As by MXNet's DeformablePSROIPooling, whose own numerical gradient check nudges rois[:, 0]
+    by -eps/2: an index in (-1, 0) is image 0."""
+    inputs = _inputs()
+    out_grad = np.random.RandomState(3).uniform(-1, 1, (4, 4, 3, 3))
+    inputs["rois"][1, 0] = image
+    want = ours(**inputs, out_grad=out_grad, **BASE)
+    inputs["rois"][1, 0] = batch_index
+    got = ours(**inputs, out_grad=out_grad, **BASE)
+    np.testing.assert_array_equal(got[0], want[0])
+    for k in ("data", "trans", "mask"):
+        np.testing.assert_array_equal(got[1][k], want[1][k], err_msg=k)
+    ref = psroi_pooling(**inputs, **BASE)
+    np.testing.assert_allclose(got[0], ref, rtol=1e-10, atol=1e-12)
+    builtin = mxnet_builtin(inputs["data"], inputs["rois"], inputs["trans"], out_grad,
+                            no_trans=False, **dict(BASE, output_dim=4))
+    unmodulated = ours(**dict(inputs, mask=None), out_grad=out_grad, **BASE)
+    np.testing.assert_allclose(unmodulated[0], builtin[0], rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("change,message", [

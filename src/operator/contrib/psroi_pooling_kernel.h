@@ -50,16 +50,23 @@ struct PSROIPoolGeometry {
   }
 };
 
+/*! \brief Whether a RoI's batch index rois[r, 0] names an image: it is in (-1, batch). */
+template <typename Acc>
+DCN_HD bool is_batch_index(Acc index, index_t batch) {
+  return index > Acc(-1) && index < static_cast<Acc>(batch);  // false for NaN
+}
+
 /*!
- * \brief Image of a RoI: rois[r, 0] truncated, or -1 when it is not in [0, batch) (NaN
- *        included). The CPU kernels reject such RoIs before reading any data; the CUDA kernels
- *        cannot see the device-side rois without synchronising with the host, so they skip them:
- *        such a RoI pools to 0 and passes no gradient.
+ * \brief Image of a RoI: rois[r, 0] truncated toward zero as MXNet's DeformablePSROIPooling
+ *        does (so an index in (-1, 0), e.g. 0 nudged by a numerical gradient check, is image 0),
+ *        or -1 when it is not a batch index. The CPU kernels reject such RoIs before reading any
+ *        data; the CUDA kernels cannot see the device-side rois without synchronising with the
+ *        host, so they skip them: such a RoI pools to 0 and passes no gradient.
  */
 template <typename T, typename Acc>
 DCN_HD index_t roi_image(const T* roi, index_t batch) {
   const Acc index = static_cast<Acc>(roi[0]);
-  return index >= Acc(0) && index < static_cast<Acc>(batch) ? static_cast<index_t>(index) : -1;
+  return is_batch_index(index, batch) ? static_cast<index_t>(index) : -1;
 }
 
 /*! \brief A RoI on the feature map, where the pooling bins are laid out. */
@@ -200,7 +207,7 @@ DCN_HD void bin_scatter(T* plane_grad, const PoolBin<Acc>& b, int samples, int h
 template <typename T>
 struct PSROIPoolForwardArgs {
   const T* data;   //!< (N, output_dim * G^2, H, W)
-  const T* rois;   //!< (R, 5): [batch_index, x1, y1, x2, y2] in image pixels
+  const T* rois;   //!< (R, 5): [batch_index, x1, y1, x2, y2] in image pixels, index in (-1, N)
   const T* trans;  //!< (R, 2*num_classes, part, part), null without offsets
   const T* mask;   //!< (R, num_classes, part, part), null without modulation
   T* out;          //!< (R, output_dim, P, P)

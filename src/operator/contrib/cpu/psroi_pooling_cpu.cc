@@ -28,11 +28,11 @@ template <typename T>
 void check_batch_indices(const PSROIPoolGeometry& g, const T* rois) {
   for (index_t r = 0; r < g.rois; ++r) {
     const double index = static_cast<double>(rois[r * 5]);
-    // Written so that NaN fails as well.
-    if (!(index >= 0 && index < static_cast<double>(g.batch))) {
+    if (!is_batch_index(index, g.batch)) {
       std::ostringstream msg;
       msg << "rois[" << r << ", 0] = " << index << " is not a batch index: 'data' holds "
-          << g.batch << " image(s), so it must be in [0, " << g.batch << ")";
+          << g.batch << " image(s), so it must be in (-1, " << g.batch
+          << ") (it is truncated toward zero)";
       throw std::invalid_argument(msg.str());
     }
   }

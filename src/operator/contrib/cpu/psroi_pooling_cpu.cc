@@ -6,8 +6,8 @@
  * each parallel without atomics and with every gradient element written by one thread in a
  * fixed order, so results are bit-identical across runs and thread counts:
  *  - data gradient: one task per input channel c. Channel c is read only by output channel
- *    ctop = c / G^2 and by the bins of one position-sensitive group (gh, gw), for every RoI, so
- *    the task owns plane c of every image and nobody else writes it;
+ *    ctop = c / (Gh * Gw) and by the bins of one position-sensitive group (gh, gw), for every
+ *    RoI, so the task owns plane c of every image and nobody else writes it;
  *  - offset and mask gradients: one task per (RoI, class, part cell), which owns those elements
  *    and reduces over the class's output channels and the cell's bins.
  * The per-element work is the CUDA kernels' (psroi_pooling_kernel.h).

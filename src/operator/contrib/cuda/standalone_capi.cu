@@ -124,12 +124,13 @@ ResolvedPool resolve(const DcnPsroiStandaloneCall& call) {
     throw std::invalid_argument("num_classes must be 1 without trans and mask, got " +
                                 std::to_string(call.num_classes));
   // The inputs' shapes as the operator would see them; infer_shapes checks them against the
-  // parameters (channels = output_dim * group_size^2, output_dim divisible by the classes).
-  const int64_t rois = call.num_rois, classes = call.num_classes, part = p.part_size;
+  // parameters (channels = output_dim * Gh * Gw, output_dim divisible by the classes).
+  const int64_t rois = call.num_rois, classes = call.num_classes;
+  const int64_t part_h = p.part_size[0], part_w = p.part_size[1];
   std::vector<std::vector<int64_t>> shapes = {
       std::vector<int64_t>(call.data_shape, call.data_shape + 4), {rois, 5}};
-  if (!p.no_trans) shapes.push_back({rois, 2 * classes, part, part});
-  if (!p.no_mask) shapes.push_back({rois, classes, part, part});
+  if (!p.no_trans) shapes.push_back({rois, 2 * classes, part_h, part_w});
+  if (!p.no_mask) shapes.push_back({rois, classes, part_h, part_w});
   const std::vector<std::string> names = p.input_names();  // in the order of `shapes`
   std::vector<std::vector<unsigned>> known;
   for (size_t i = 0; i < shapes.size(); ++i)

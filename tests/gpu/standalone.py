@@ -121,8 +121,8 @@ PSROI_CASES = {
     "p4-g2-s4-notrans-nomask": dict(batch=3, output_dim=3, group_size=2, pooled_size=4,
                                     sample_per_part=4, no_trans=True, with_mask=False,
                                     special=("inverted",)),
-    "p2x4-g2x1-part1x3-cls2-s2": dict(batch=2, output_dim=4, group_size=(2, 1),
-                                      pooled_size=(2, 4), part_size=(1, 3), num_classes=2,
+    "p2x4-g2x1-part2x3-cls2-s2": dict(batch=2, output_dim=4, group_size=(2, 1),
+                                      pooled_size=(2, 4), part_size=(2, 3), num_classes=2,
                                       special=("outside", "large-trans")),
 }
 

@@ -3,6 +3,10 @@
 `import dcnv2_mx` loads the operator library once for the whole session (DCNV2_MX_LIBRARY
 chooses another build of it).
 """
+import os
+import subprocess
+import sys
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -58,3 +62,12 @@ def rng():
 def make_problem(rng):
     """Factory: make_problem(**ConvProblem keyword arguments) -> ConvProblem."""
     return lambda **kwargs: ConvProblem(rng, **kwargs)
+
+
+def run_python(source, timeout=300):
+    """Runs Python `source` in a fresh interpreter, from this directory and with this session's
+    `dcnv2_mx` (its sys.path), so that a case which could crash is a failed test rather than a
+    dead run. Returns the CompletedProcess (text output; returncode < 0: killed by a signal)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    return subprocess.run([sys.executable, "-c", source], cwd=os.path.dirname(__file__),
+                          env=env, capture_output=True, text=True, timeout=timeout)

@@ -4,6 +4,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from dcnv2_mx.tools.reference.psroi import size_pair
+
 #: The parameter grid. Together the cases cover batch 1, 2 and 3 with im2col_step 2 (so also a
 #: batch neither below nor divisible by it), num_group 1 and 2, num_deformable_group 1, 2 and 3,
 #: kernels 3x3, 1x1, 3x2 and 5x5, stride (2, 1), pad (1, 0), dilate (2, 1), num_filter not
@@ -40,8 +42,10 @@ def cases(*names):
 
 def make_inputs(rng, *, batch=2, output_dim=4, group_size=3, height=9, width=8, num_rois=4,
                 num_classes=2, part=3, spatial_scale=0.5):
-    """Random data, RoIs (some partly outside the image), trans and mask in float64."""
-    data = rng.uniform(-1, 1, (batch, output_dim * group_size ** 2, height, width))
+    """Random data, RoIs (some partly outside the image), trans and mask in float64; group_size
+    and part are an int or an (h, w) pair."""
+    (group_h, group_w), part = size_pair(group_size), size_pair(part)
+    data = rng.uniform(-1, 1, (batch, output_dim * group_h * group_w, height, width))
     img_h, img_w = height / spatial_scale, width / spatial_scale
     rois = np.zeros((num_rois, 5))
     rois[:, 0] = rng.randint(0, batch, num_rois)
@@ -49,8 +53,8 @@ def make_inputs(rng, *, batch=2, output_dim=4, group_size=3, height=9, width=8, 
     rois[:, 2] = rng.uniform(-0.3 * img_h, 0.7 * img_h, num_rois)
     rois[:, 3] = rois[:, 1] + rng.uniform(2, 0.8 * img_w, num_rois)
     rois[:, 4] = rois[:, 2] + rng.uniform(2, 0.8 * img_h, num_rois)
-    trans = rng.normal(0, 1, (num_rois, 2 * num_classes, part, part))
-    mask = rng.uniform(0, 1, (num_rois, num_classes, part, part))
+    trans = rng.normal(0, 1, (num_rois, 2 * num_classes) + part)
+    mask = rng.uniform(0, 1, (num_rois, num_classes) + part)
     return data, rois, trans, mask
 
 

@@ -285,6 +285,27 @@ def test_roi_head_part_size_and_gradients(rng):
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-4, atol=1e-7)
 
 
+def test_roi_head_non_square_sizes(rng):
+    """pooled_size and part_size as (h, w): the output and the FCs follow; an int means a square."""
+    data, rois = nd(rng, 2, 3, 16, 16), mx.nd.array(ROIS)
+    head = ModulatedDeformableRoIPooling(3, pooled_size=(2, 4), part_size=(1, 3),
+                                         spatial_scale=0.125, hidden_units=8)
+    head.initialize()
+    assert head(data, rois).shape == (4, 3, 2, 4)
+    assert head.offset_head[2].weight.shape == (3 * 1 * 3, 8)
+    assert "pooled_size=(2, 4), part_size=(1, 3)" in repr(head)
+    randomise(head, rng)
+    trans, mask = head.offsets_and_masks(mx.nd, head.pool_plain(mx.nd, data, rois, 0.125))
+    assert trans.shape == (4, 2, 1, 3) and mask.shape == (4, 1, 1, 3)
+    want = mx.nd.contrib.ModulatedDeformablePSROIPooling(
+        data, rois, trans, mask, spatial_scale=0.125, output_dim=3, group_size=1,
+        pooled_size=(2, 4), part_size=(1, 3), sample_per_part=2, trans_std=0.1)
+    np.testing.assert_array_equal(head(data, rois).asnumpy(), want.asnumpy())
+    head.hybridize()
+    np.testing.assert_allclose(head(data, rois).asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-7)
+    assert "pooled_size=4, part_size=4" in repr(ModulatedDeformableRoIPooling(3, pooled_size=4))
+
+
 # ---------------------------------------------------------------------------------------------
 # Export and import in a fresh process
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import dcnv2_mx
-from dcnv2_mx.tools.reference.psroi import bin_sample_positions, part_index, psroi_pooling
+from dcnv2_mx.tools.reference.psroi import (
+    bin_sample_positions, part_index, psroi_pooling, size_pair)
 from helpers import make_inputs, ours
 
 OP = "ModulatedDeformablePSROIPooling"
@@ -112,6 +113,49 @@ def test_matches_reference_with_mask(part, no_trans):
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("pooled,part,group,num_classes,no_trans,with_mask", [
+    ((3, 5), 0, 1, 2, False, True),
+    ((4, 2), (2, 1), (2, 1), 1, False, True),
+    ((2, 3), (3, 2), (1, 3), 2, False, False),
+    (3, (1, 3), (3, 1), 2, False, True),
+    ((5, 3), 0, (5, 3), 1, True, True),
+    ((1, 7), (1, 2), 1, 1, True, False),
+])
+def test_non_square_sizes_match_reference(pooled, part, group, num_classes, no_trans, with_mask):
+    """pooled_size, part_size and group_size as (h, w) pairs (Paddle's and mmcv's
+    non-square pooling): forward and every gradient against the float64 reference."""
+    (Ph, Pw), (Gh, Gw) = size_pair(pooled), size_pair(group)
+    part_hw = tuple(p or q for p, q in zip(size_pair(part), (Ph, Pw)))
+    rng = np.random.RandomState(Ph * 10 + Pw)
+    data, rois, trans, mask = make_inputs(rng, output_dim=2 * num_classes, group_size=group,
+                                          num_classes=num_classes, part=part_hw)
+    params = dict(spatial_scale=0.5, output_dim=2 * num_classes, group_size=group,
+                  pooled_size=pooled, part_size=part, sample_per_part=2, trans_std=0.1)
+    trans = None if no_trans else trans
+    mask = mask if with_mask else None
+    out_grad = rng.uniform(-1, 1, (rois.shape[0], 2 * num_classes, Ph, Pw))
+    want, want_grads = psroi_pooling(data, rois, trans, mask, out_grad=out_grad, **params)
+    out, grads = ours(data, rois, trans, mask, out_grad, no_trans=no_trans, **params)
+    assert out.shape == (rois.shape[0], 2 * num_classes, Ph, Pw)
+    assert data.shape[1] == 2 * num_classes * Gh * Gw
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-13)
+    for name in ("data",) + (() if no_trans else ("trans",)) + (("mask",) if with_mask else ()):
+        assert grads[name].shape == want_grads[name].shape, name
+        np.testing.assert_allclose(grads[name], want_grads[name], rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+
+
+def test_square_pair_equals_int():
+    inputs = _inputs()
+    out_grad = np.random.RandomState(2).uniform(-1, 1, (4, 4, 3, 3))
+    want = ours(**inputs, out_grad=out_grad, **BASE)
+    got = ours(**inputs, out_grad=out_grad, **dict(BASE, pooled_size=(3, 3), group_size=[3, 3],
+                                                   part_size=(3, 3)))
+    np.testing.assert_array_equal(got[0], want[0])
+    for k in ("data", "trans", "mask"):
+        np.testing.assert_array_equal(got[1][k], want[1][k], err_msg=k)
+
+
 def test_modulated_forward_equals_pooling_then_broadcast_mask():
     """The release's recipe: pool with offsets, then multiply each class's channels by its
     mask (part_size = pooled_size, so the mask is one value per bin)."""
@@ -155,12 +199,12 @@ def _safe(coord, size):
 def smooth_trans(rng, rois, params, num_classes, height, width):
     """Offsets under which no sample sits near a grid line or an edge, so that the pooling is
     differentiable there: each part cell's (x, y) is redrawn until all its bins' samples are."""
-    P, part = params["pooled_size"], params["part_size"]
-    trans = np.zeros((rois.shape[0], 2 * num_classes, part, part))
+    (Ph, Pw), (part_h, part_w) = size_pair(params["pooled_size"]), size_pair(params["part_size"])
+    trans = np.zeros((rois.shape[0], 2 * num_classes, part_h, part_w))
     for r, cls, ch, cw in itertools.product(range(rois.shape[0]), range(num_classes),
-                                            range(part), range(part)):
-        bins = [(ph, pw) for ph in range(P) for pw in range(P)
-                if (part_index(ph, P, part), part_index(pw, P, part)) == (ch, cw)]
+                                            range(part_h), range(part_w)):
+        bins = [(ph, pw) for ph in range(Ph) for pw in range(Pw)
+                if (part_index(ph, Ph, part_h), part_index(pw, Pw, part_w)) == (ch, cw)]
         for _ in range(1000):
             xy = rng.normal(0, 1, 2)
             if all(_safe(y, height) and _safe(x, width)
@@ -186,17 +230,17 @@ def numerical_grad(f, x, indices, eps):
     return grad
 
 
-@pytest.mark.parametrize("pooled,part", [(3, 3), (3, 2)])
-def test_numerical_gradients(pooled, part):
-    rng = np.random.RandomState(11 + part)
+@pytest.mark.parametrize("pooled,part,group", [(3, 3, 2), (3, 2, 2), ((2, 4), (1, 3), (2, 1))])
+def test_numerical_gradients(pooled, part, group):
+    rng = np.random.RandomState(11 + size_pair(part)[1])
     height, width, num_classes = 7, 8, 2
-    data, rois, _, mask = make_inputs(rng, batch=2, output_dim=2, group_size=2, height=height,
-                                      width=width, num_rois=2, num_classes=num_classes,
-                                      part=part)
-    params = dict(spatial_scale=0.5, output_dim=2, group_size=2, pooled_size=pooled,
+    data, rois, _, mask = make_inputs(rng, batch=2, output_dim=2, group_size=group,
+                                      height=height, width=width, num_rois=2,
+                                      num_classes=num_classes, part=part)
+    params = dict(spatial_scale=0.5, output_dim=2, group_size=group, pooled_size=pooled,
                   part_size=part, sample_per_part=2, trans_std=0.1)
     trans = smooth_trans(rng, rois, params, num_classes, height, width)
-    weights = rng.uniform(-1, 1, (rois.shape[0], 2, pooled, pooled))
+    weights = rng.uniform(-1, 1, (rois.shape[0], 2) + size_pair(pooled))
 
     def loss():
         return float((ours(data, rois, trans, mask, **params) * weights).sum())
@@ -227,12 +271,33 @@ def _inputs():
     return dict(data=data, rois=rois, trans=trans, mask=mask)
 
 
-@pytest.mark.parametrize("batch_index", [-1, 2, float("nan")])
+@pytest.mark.parametrize("batch_index", [-1, -1.5, 2, 2.5, float("nan")])
 def test_batch_index_outside_batch_is_an_error(batch_index):
     inputs = _inputs()
     inputs["rois"][1, 0] = batch_index
-    with pytest.raises(mx.MXNetError, match=r"rois\[1, 0\] = .* must be in \[0, 2\)"):
+    with pytest.raises(mx.MXNetError, match=r"rois\[1, 0\] = .* must be in \(-1, 2\)"):
         ours(**inputs, **BASE)
+
+
+@pytest.mark.parametrize("batch_index,image", [(-0.5, 0), (-1e-6, 0), (0.7, 0), (1.99, 1)])
+def test_batch_index_is_truncated_toward_zero(batch_index, image):
+    """As by MXNet's DeformablePSROIPooling, whose own numerical gradient check nudges rois[:, 0]
+    by -eps/2: an index in (-1, 0) is image 0."""
+    inputs = _inputs()
+    out_grad = np.random.RandomState(3).uniform(-1, 1, (4, 4, 3, 3))
+    inputs["rois"][1, 0] = image
+    want = ours(**inputs, out_grad=out_grad, **BASE)
+    inputs["rois"][1, 0] = batch_index
+    got = ours(**inputs, out_grad=out_grad, **BASE)
+    np.testing.assert_array_equal(got[0], want[0])
+    for k in ("data", "trans", "mask"):
+        np.testing.assert_array_equal(got[1][k], want[1][k], err_msg=k)
+    ref = psroi_pooling(**inputs, **BASE)
+    np.testing.assert_allclose(got[0], ref, rtol=1e-10, atol=1e-12)
+    builtin = mxnet_builtin(inputs["data"], inputs["rois"], inputs["trans"], out_grad,
+                            no_trans=False, **dict(BASE, output_dim=4))
+    unmodulated = ours(**dict(inputs, mask=None), out_grad=out_grad, **BASE)
+    np.testing.assert_allclose(unmodulated[0], builtin[0], rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -251,6 +316,11 @@ def test_batch_index_outside_batch_is_an_error(batch_index):
     (dict(sample_per_part=0), r"'sample_per_part' must be >= 1"),
     (dict(group_size=0), r"'group_size' must be >= 1"),
     (dict(part_size=-1), r"'part_size' must be >= 1 \(or 0 for pooled_size\)"),
+    (dict(part_size=(3, -1)), r"'part_size' must be >= 1 .*got \(3, -1\)"),
+    (dict(pooled_size=(3, 0)), r"'pooled_size' must be >= 1, an int or an \(h, w\) pair"),
+    (dict(pooled_size=(3, 3, 3)), r"'pooled_size' = '\(3, 3, 3\)': expected a tuple of 2"),
+    (dict(group_size=(3, 2)), r"36 channels but output_dim\*group_h\*group_w = 4\*3\*2 = 24"),
+    (dict(part_size=(3, 2)), r"input 'trans' has shape \(4, 4, 3, 3\) but \(4, 4, 3, 2\)"),
     (dict(trans_std=float("nan")), r"'trans_std' = 'nan': expected a finite number"),
     (dict(pooling_size=3), r"unknown parameter 'pooling_size'"),
 ])
@@ -407,6 +477,26 @@ def test_symbol_json_round_trip_and_executor():
             np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-7)
 
 
+def test_non_square_symbol_json_round_trip():
+    params = dict(spatial_scale=0.5, output_dim=2, group_size=(1, 2), pooled_size=(2, 3),
+                  part_size=(2, 1), sample_per_part=2, trans_std=0.1)
+    data, rois, trans, mask = make_inputs(np.random.RandomState(8), output_dim=2,
+                                          group_size=(1, 2), num_classes=1, part=(2, 1))
+    sym = mx.sym.contrib.ModulatedDeformablePSROIPooling(
+        mx.sym.var("data"), mx.sym.var("rois"), mx.sym.var("trans"), mx.sym.var("mask"),
+        name="pool", **params)
+    loaded = mx.sym.load_json(sym.tojson())
+    assert json.loads(loaded.tojson())["nodes"][-1]["attrs"]["pooled_size"] == "(2, 3)"
+    for s in (sym, loaded):
+        args, outs, _ = s.infer_shape(data=data.shape, mask=mask.shape)
+        assert outs == [(4, 2, 2, 3)] and args[1:] == [(4, 5), (4, 2, 2, 1), (4, 1, 2, 1)]
+        feed = {k: mx.nd.array(v, dtype="float64")
+                for k, v in dict(data=data, rois=rois, trans=trans, mask=mask).items()}
+        out = s.bind(mx.cpu(), feed).forward()[0].asnumpy()
+        np.testing.assert_allclose(out, psroi_pooling(data, rois, trans, mask, **params),
+                                   rtol=1e-12, atol=1e-13)
+
+
 def test_grad_req_add_accumulates():
     rng = np.random.RandomState(6)
     data, rois, trans, mask = make_inputs(rng)
@@ -430,4 +520,4 @@ def test_installed_and_documented():
     for module in (mx.nd.contrib, mx.sym.contrib):
         assert getattr(module, OP) is dcnv2_mx.ModulatedDeformablePSROIPooling
     doc = dcnv2_mx.ModulatedDeformablePSROIPooling.__doc__
-    assert "(R, 2*num_classes, part_size, part_size)" in doc and "sigmoid" in doc
+    assert "(R, 2*num_classes, part_h, part_w)" in doc and "sigmoid" in doc

@@ -51,6 +51,11 @@ def _pair(value, name):
     return pair
 
 
+def _size_repr(pair):
+    """An (h, w) size as given to a block: the int of a square size, else the pair."""
+    return pair[0] if pair[0] == pair[1] else pair
+
+
 class _DeformableConvolution(HybridBlock):
     """Offset convolution + deformable convolution; subclasses say how the offsets are used.
 
@@ -303,11 +308,11 @@ class DeformableConvolutionV1(_DeformableConvolution):
 class ModulatedDeformableRoIPooling(HybridBlock):
     """The DCNv2 RoI head: modulated deformable RoI pooling with learnt offsets and masks.
 
-    As in the paper (section 3): the RoI is first pooled without offsets on a part x part grid
-    (group_size 1, `sample_per_part` samples per bin side); two fully connected layers of
-    `hidden_units` with ReLU and a zero-initialised one with ``3*part*part`` outputs predict, per
-    part cell, an offset (x then y, as fractions of the RoI size, scaled by `trans_std`) and a
-    mask logit; ``mx.sym.contrib.ModulatedDeformablePSROIPooling`` then pools the RoI again with
+    As in the paper (section 3): the RoI is first pooled without offsets on a part_h x part_w
+    grid (group_size 1, `sample_per_part` samples per bin side); two fully connected layers of
+    `hidden_units` with ReLU and a zero-initialised one with ``3*part_h*part_w`` outputs
+    predict, per part cell, an offset (x then y, as fractions of the RoI size, scaled by
+    `trans_std`) and a mask logit; ``mx.sym.contrib.ModulatedDeformablePSROIPooling`` then pools the RoI again with
     the bins shifted and weighted by them. At initialisation the offsets are 0 and the mask is
     ``mask_activation(0)``.
 
@@ -315,12 +320,12 @@ class ModulatedDeformableRoIPooling(HybridBlock):
     ----------
     channels : int
         C, channels of the feature map (the pooling keeps them).
-    pooled_size : int, default 7
-        P, output bins per side.
-    part_size : int, optional
-        Offset/mask grid per side (default P); the paper uses 7. Bins of the P x P output use
-        the offset of the cell they fall in, so e.g. P=14 with part_size=7 pools at 14 x 14 but
-        feeds the fully connected layers 4 times fewer inputs.
+    pooled_size : int or (int, int), default 7
+        (Ph, Pw), output bins per column and row (an int P means (P, P)).
+    part_size : int or (int, int), optional
+        (part_h, part_w), the offset/mask grid (default pooled_size); the paper uses 7. Bins of
+        the output use the offset of the cell they fall in, so e.g. P=14 with part_size=7 pools
+        at 14 x 14 but feeds the fully connected layers 4 times fewer inputs.
     spatial_scale : float, default 1/16
         Feature map size over image size, for :meth:`hybrid_forward`.
     sample_per_part : int, default 2
@@ -340,7 +345,7 @@ class ModulatedDeformableRoIPooling(HybridBlock):
     ------
     data : (N, C, H, W)
     rois : (R, 5), ``[batch_index, x1, y1, x2, y2]`` in image pixels
-    out : (R, C, P, P)
+    out : (R, C, Ph, Pw)
     """
 
     def __init__(self, channels, pooled_size=7, part_size=None, spatial_scale=1 / 16,
@@ -349,8 +354,8 @@ class ModulatedDeformableRoIPooling(HybridBlock):
         super().__init__(prefix=prefix, params=params)
         _check_mask_activation("ModulatedDeformableRoIPooling", mask_activation)
         self._channels = channels
-        self._pooled_size = pooled_size
-        self._part_size = part_size or pooled_size
+        self._pooled_size = _pair(pooled_size, "pooled_size")
+        self._part_size = _pair(part_size or pooled_size, "part_size")
         self._spatial_scale = spatial_scale
         self._sample_per_part = sample_per_part
         self._trans_std = trans_std
@@ -361,12 +366,16 @@ class ModulatedDeformableRoIPooling(HybridBlock):
                 self.offset_head.add(
                     nn.Dense(hidden_units, activation="relu"),
                     nn.Dense(hidden_units, activation="relu"),
-                    nn.Dense(3 * self._part_size ** 2, weight_initializer="zeros"))
+                    nn.Dense(3 * self._part_cells(), weight_initializer="zeros"))
         for param in self.offset_head.collect_params().values():
             param.lr_mult = offset_lr_mult
 
+    def _part_cells(self):
+        return self._part_size[0] * self._part_size[1]
+
     def pool_plain(self, F, data, rois, spatial_scale):
-        """Pooling without offsets, (R, C, part, part): the input of :meth:`offsets_and_masks`.
+        """Pooling without offsets, (R, C, part_h, part_w): the input of
+        :meth:`offsets_and_masks`.
 
         This and the two methods below are the steps of :meth:`hybrid_forward`, for callers that
         pool one RoI set from several feature maps (FPN) inside their own ``hybrid_forward``.
@@ -374,18 +383,20 @@ class ModulatedDeformableRoIPooling(HybridBlock):
         return self._pool(F, data, rois, spatial_scale, self._part_size)
 
     def offsets_and_masks(self, F, pooled):
-        """Offsets (R, 2, part, part) and masks (R, 1, part, part) from :meth:`pool_plain`."""
-        cells = self._part_size ** 2
+        """Offsets (R, 2, part_h, part_w) and masks (R, 1, part_h, part_w) from
+        :meth:`pool_plain`."""
+        cells = self._part_cells()
         fused = self.offset_head(pooled)
         trans = F.reshape(F.slice_axis(fused, axis=1, begin=0, end=2 * cells),
-                          shape=(-1, 2, self._part_size, self._part_size))
+                          shape=(-1, 2) + self._part_size)
         mask = F.reshape(_mask(F, F.slice_axis(fused, axis=1, begin=2 * cells, end=None),
                                self._mask_activation),
-                         shape=(-1, 1, self._part_size, self._part_size))
+                         shape=(-1, 1) + self._part_size)
         return trans, mask
 
     def pool_modulated(self, F, data, rois, spatial_scale, trans, mask):
-        """The head's output (R, C, P, P): pooling shifted by `trans` and weighted by `mask`."""
+        """The head's output (R, C, Ph, Pw): pooling shifted by `trans` and weighted by
+        `mask`."""
         return self._pool(F, data, rois, spatial_scale, self._pooled_size, trans, mask)
 
     def _pool(self, F, data, rois, spatial_scale, pooled_size, trans=None, mask=None):
@@ -405,7 +416,8 @@ class ModulatedDeformableRoIPooling(HybridBlock):
 
     def __repr__(self):
         return (f"{type(self).__name__}(channels={self._channels}, "
-                f"pooled_size={self._pooled_size}, part_size={self._part_size}, "
+                f"pooled_size={_size_repr(self._pooled_size)}, "
+                f"part_size={_size_repr(self._part_size)}, "
                 f"spatial_scale={self._spatial_scale}, sample_per_part={self._sample_per_part}, "
                 f"trans_std={self._trans_std}, mask_activation={self._mask_activation!r},\n"
                 f"  {self.offset_head!r})")

@@ -39,15 +39,16 @@ def _is_variable(sym):
 def _guard(kind, value, guard_name, ndim):
     """Routes `value` through identity when its gradient may be requested with grad_req='add'.
 
-    A Symbol variable without a shape also gets its number of dimensions (unknown sizes): MXNet
-    1.9 corrupts memory when it asks a library operator to infer shapes from an input whose
-    number of dimensions is unknown.
+    A Symbol variable without a shape also gets its number of dimensions (unknown sizes, -1: a
+    0 would be an empty dimension under numpy shape semantics): MXNet 1.9 corrupts memory when
+    it asks a library operator to infer shapes from an input whose number of dimensions is
+    unknown.
     """
     if kind == "sym":
         if not _is_variable(value):
             return value
         if value.attr("__shape__") is None:
-            value._set_attr(__shape__=str((0,) * ndim))
+            value._set_attr(__shape__=str((-1,) * ndim))
         return mx.sym.identity(value, name=guard_name)
     if autograd.is_recording() and value.grad is not None:
         return mx.nd.identity(value)
@@ -217,28 +218,31 @@ def ModulatedDeformablePSROIPooling(data=None, rois=None, trans=None, mask=None,
 
     Without ``mask`` it is exactly MXNet's ``DeformablePSROIPooling`` (forward and gradients);
     with it, every bin is multiplied by the mask of the part cell whose offset it uses, in one
-    pass. For output (r, ctop, ph, pw), class ``cls = ctop // (output_dim // num_classes)`` and
-    part cell ``(part_h, part_w) = (ph * part_size // pooled_size, pw * part_size // pooled_size)``:
+    pass. Sizes are an int or an (h, w) pair (Paddle's non-square pooling): P = (Ph, Pw) =
+    pooled_size, G = (Gh, Gw) = group_size, (part_h, part_w) = part_size. For output
+    (r, ctop, ph, pw), class ``cls = ctop // (output_dim // num_classes)`` and part cell
+    ``(i, j) = (ph * part_h // Ph, pw * part_w // Pw)``:
 
     * the RoI ``rois[r] = [b, x1, y1, x2, y2]`` (image pixels, corners rounded, inclusive) is
-      scaled by ``spatial_scale``, shifted by -0.5 and split into P x P bins (P = pooled_size),
-      each with S x S samples at its sub-bin starts (S = sample_per_part);
-    * the bin is shifted by ``trans[r, 2*cls, part_h, part_w] * trans_std * roi_width`` along x
-      and by ``trans[r, 2*cls+1, part_h, part_w] * trans_std * roi_height`` along y;
+      scaled by ``spatial_scale``, shifted by -0.5 and split into Ph x Pw bins, each with S x S
+      samples at its sub-bin starts (S = sample_per_part);
+    * the bin is shifted by ``trans[r, 2*cls, i, j] * trans_std * roi_width`` along x and by
+      ``trans[r, 2*cls+1, i, j] * trans_std * roi_height`` along y;
     * samples outside [-0.5, W-0.5] x [-0.5, H-0.5] are skipped, the others clamped to the map
-      and read bilinearly from input channel ``(ctop*G + gh)*G + gw`` of image b, where
-      ``(gh, gw) = (ph*G // P, pw*G // P)`` (G = group_size);
-    * ``out = mask[r, cls, part_h, part_w] * (sum / count)``, and 0 for a bin without samples.
+      and read bilinearly from input channel ``(ctop*Gh + gh)*Gw + gw`` of image b, where
+      ``(gh, gw) = (ph*Gh // Ph, pw*Gw // Pw)``;
+    * ``out = mask[r, cls, i, j] * (sum / count)``, and 0 for a bin without samples.
 
     The rois get a zero gradient. float32, float64 and float16 (computed in float32 on the CPU).
 
     Shapes
     ------
-    data : (N, output_dim*group_size**2, H, W)
-    rois : (R, 5), ``[batch_index, x1, y1, x2, y2]`` with 0 <= batch_index < N
-    trans : (R, 2*num_classes, part_size, part_size), x then y offset per class
-    mask : (R, num_classes, part_size, part_size)
-    out : (R, output_dim, pooled_size, pooled_size)
+    data : (N, output_dim*Gh*Gw, H, W)
+    rois : (R, 5), ``[batch_index, x1, y1, x2, y2]`` with -1 < batch_index < N (truncated
+        toward zero, as by MXNet's DeformablePSROIPooling)
+    trans : (R, 2*num_classes, part_h, part_w), x then y offset per class
+    mask : (R, num_classes, part_h, part_w)
+    out : (R, output_dim, Ph, Pw)
 
     Parameters
     ----------
@@ -253,12 +257,12 @@ def ModulatedDeformablePSROIPooling(data=None, rois=None, trans=None, mask=None,
         Feature map size over image size, e.g. 0.0625 for stride 16.
     output_dim : int, required
         Output channels; a multiple of num_classes.
-    group_size : int, required
-        G, the position-sensitive grid of the input channels.
-    pooled_size : int, required
-        P, bins per side of the output.
-    part_size : int, default pooled_size
-        Part cells per side of ``trans`` and ``mask``.
+    group_size : int or (int, int), required
+        G or (Gh, Gw), the position-sensitive grid of the input channels (an int is square).
+    pooled_size : int or (int, int), required
+        P or (Ph, Pw), bins per column and per row of the output.
+    part_size : int or (int, int), default pooled_size
+        Part cells per column and per row of ``trans`` and ``mask`` (0 means pooled_size).
     sample_per_part : int, default 1
         S, samples per side of a bin.
     trans_std : float, default 0
@@ -272,7 +276,7 @@ def ModulatedDeformablePSROIPooling(data=None, rois=None, trans=None, mask=None,
 
     Returns
     -------
-    Symbol or NDArray of shape (R, output_dim, pooled_size, pooled_size).
+    Symbol or NDArray of shape (R, output_dim, Ph, Pw).
 
     The RoI head of the paper (Deformable ConvNets v2, section 3): pool without offsets
     (group_size=1, pooled_size=7, sample_per_part=2), FC 1024, FC 1024, then an FC with

@@ -70,7 +70,7 @@ _provide_references()
 
 from conv_problem import ConvInputs  # noqa: E402
 from dcnv2_mx.tools.reference.psroi import (  # noqa: E402
-    bin_sample_positions, part_index, psroi_pooling)
+    bin_sample_positions, part_index, psroi_pooling, size_pair)
 
 #: Sources of the harness: its C ABI, and the CUDA kernels, parameter parsing and shape checks
 #: of the library.
@@ -121,7 +121,8 @@ MODES = ("atomic", "deterministic")
 
 #: Problems of the PS-RoI pooling checks (PSROIInputs keyword arguments): with and without
 #: mask and offsets, several classes, position-sensitive groups of 1 to 3, part cells coarser
-#: than the bins, 1 to 4 samples per bin side, and RoIs of every kind in ROI_KINDS.
+#: than the bins, non-square bins, groups and cells, 1 to 4 samples per bin side, and RoIs of
+#: every kind in ROI_KINDS.
 PSROI_CASES = {
     "p3-g3-cls2-s2": dict(batch=2, output_dim=4, group_size=3, pooled_size=3, num_classes=2,
                           special=("inverted", "outside")),
@@ -136,6 +137,9 @@ PSROI_CASES = {
     "p4-g2-s4-notrans-nomask": dict(batch=3, output_dim=3, group_size=2, pooled_size=4,
                                     sample_per_part=4, no_trans=True, with_mask=False,
                                     special=("inverted",)),
+    "p2x4-g2x1-part2x3-cls2-s2": dict(batch=2, output_dim=4, group_size=(2, 1),
+                                      pooled_size=(2, 4), part_size=(2, 3), num_classes=2,
+                                      special=("outside", "large-trans")),
 }
 
 #: The determinism check's problem: many overlapping RoIs on one image, so that the data
@@ -352,9 +356,8 @@ def psroi_spec(params, shape, num_rois, num_classes):
     `num_rois` RoIs and `num_classes` classes."""
     inputs = ["data", "rois"] + ([] if params.get("no_trans") else ["trans"]) + (
         [] if params.get("no_mask") else ["mask"])
-    pooled = params["pooled_size"]
     return PSROISpec(params, tuple(shape), num_rois, num_classes,
-                     (num_rois, params["output_dim"], pooled, pooled), inputs)
+                     (num_rois, params["output_dim"]) + size_pair(params["pooled_size"]), inputs)
 
 
 class CudaBuffers:
@@ -675,8 +678,8 @@ class PSROIInputs:
 
     Attributes: `params` (the operator's keyword parameters, no_trans and no_mask included),
     `spec` (PSROISpec), `roi_kinds` (the kind, ROI_KINDS, of each RoI) and `arrays` (in input
-    order: data (N, output_dim*G^2, H, W), rois (R, 5), [trans (R, 2*K, part, part)],
-    [mask (R, K, part, part)]). There are `num_rois` random RoIs, then one of each kind in
+    order: data (N, output_dim*Gh*Gw, H, W), rois (R, 5), [trans (R, 2*K, part_h, part_w)],
+    [mask (R, K, part_h, part_w)]). Sizes are an int or an (h, w) pair. There are `num_rois` random RoIs, then one of each kind in
     `special`; their batch indices cover the batch, or are all 0 with `same_image`. A RoI is
     drawn again until its samples keep clear (samples_keep_clear) in the rounded values.
     """
@@ -693,7 +696,7 @@ class PSROIInputs:
         if no_trans and {"nan-trans", "large-trans"} & set(special):
             raise ValueError("RoIs with special offsets need offsets (no_trans=False)")
         self.dtype = dtype
-        channels = output_dim * group_size ** 2
+        channels = output_dim * np.prod(size_pair(group_size))
         self.spec = psroi_spec(self.params, (batch, channels, height, width),
                                len(self.roi_kinds), num_classes)
         rois, trans, mask = zip(*[self._draw_roi(rng, kind) for kind in self.roi_kinds])
@@ -712,10 +715,12 @@ class PSROIInputs:
         return self.spec.out_shape
 
     def _part_size(self):
-        return self.params["part_size"] or self.params["pooled_size"]
+        """(part_h, part_w), 0 standing for the pooled size."""
+        return tuple(part or pooled for part, pooled in zip(size_pair(self.params["part_size"]),
+                                                            size_pair(self.params["pooled_size"])))
 
     def _draw_roi(self, rng, kind, attempts=1000):
-        """(rois row (5,) with batch index 0, offsets (2*K, part, part), mask (K, part, part))
+        """(rois row (5,) with batch index 0, offsets (2*K, part_h, part_w), mask (K, ...))
         of a RoI of `kind`, rounded to the dtype, whose samples keep clear."""
         _, _, height, width = self.spec.shape
         part, classes = self._part_size(), self.spec.num_classes
@@ -724,7 +729,7 @@ class PSROIInputs:
             trans = rounded(self._roi_offsets(rng, kind), self.dtype)
             if samples_keep_clear(self.sample_positions(roi, trans), height, width,
                                   offsets=not self.params["no_trans"]):
-                return roi, trans, rounded(rng.uniform(0, 1, (classes, part, part)), self.dtype)
+                return roi, trans, rounded(rng.uniform(0, 1, (classes,) + part), self.dtype)
         raise AssertionError(f"no {kind} RoI out of {attempts} keeps its samples clear")
 
     def _roi_corners(self, rng, kind):
@@ -741,9 +746,8 @@ class PSROIInputs:
         return x1, y1, x1 + rng.uniform(2, 0.8 * img_w), y1 + rng.uniform(2, 0.8 * img_h)
 
     def _roi_offsets(self, rng, kind):
-        """Offsets (2*K, part, part) of a RoI of `kind`: x then y per class."""
-        part = self._part_size()
-        trans = rng.normal(0, 1, (2 * self.spec.num_classes, part, part))
+        """Offsets (2*K, part_h, part_w) of a RoI of `kind`: x then y per class."""
+        trans = rng.normal(0, 1, (2 * self.spec.num_classes,) + self._part_size())
         if kind == "nan-trans":
             trans[:, 0] = np.nan
         elif kind == "large-trans":
@@ -752,16 +756,16 @@ class PSROIInputs:
         return trans
 
     def sample_positions(self, roi, trans):
-        """Positions (y, x) of every sample of one RoI, (K * P * P * S * S, 2), given its rois
-        row (5,) and offsets (2*K, part, part) (ignored with no_trans)."""
+        """Positions (y, x) of every sample of one RoI, (K * Ph * Pw * S * S, 2), given its
+        rois row (5,) and offsets (2*K, part_h, part_w) (ignored with no_trans)."""
         p = self.params
-        pooled, part = p["pooled_size"], self._part_size()
-        sampling = dict(spatial_scale=_float32(p["spatial_scale"]), pooled_size=pooled,
+        (Ph, Pw), (part_h, part_w) = size_pair(p["pooled_size"]), self._part_size()
+        sampling = dict(spatial_scale=_float32(p["spatial_scale"]), pooled_size=(Ph, Pw),
                         sample_per_part=p["sample_per_part"], trans_std=_float32(p["trans_std"]))
         positions = []
-        for cls, ph, pw in itertools.product(range(self.spec.num_classes), range(pooled),
-                                             range(pooled)):
-            cell = (part_index(ph, pooled, part), part_index(pw, pooled, part))
+        for cls, ph, pw in itertools.product(range(self.spec.num_classes), range(Ph),
+                                             range(Pw)):
+            cell = (part_index(ph, Ph, part_h), part_index(pw, Pw, part_w))
             offset_xy = (0.0, 0.0) if p["no_trans"] else (trans[2 * cls][cell],
                                                           trans[2 * cls + 1][cell])
             positions += bin_sample_positions(roi, offset_xy, ph, pw, sampling)
@@ -1016,13 +1020,15 @@ def check_psroi_determinism(harness, dtype):
 def check_psroi_batch_index_outside(harness, dtype, deterministic):
     """On the GPU a RoI whose batch index is not an image of the batch (-1, N, NaN) pools to 0
     and passes no gradient (the CPU raises an error instead): the other RoIs' results equal the
-    reference of the problem without it."""
+    reference of the problem without it, one with index -0.5 being image 0."""
     problem = make_psroi_problem(PSROI_CASES["p3-g3-cls2-s2"], dtype)
     batch, num_rois = problem.spec.shape[0], problem.spec.num_rois
     outside, kept = [1, 2, 3], [r for r in range(num_rois) if r not in (1, 2, 3)]
     bad = copy.copy(problem)
     bad.arrays = dict(problem.arrays, rois=problem.arrays["rois"].copy())
     bad.arrays["rois"][outside, 0] = [-1, batch, np.nan]
+    assert bad.arrays["rois"][0, 0] == 0
+    bad.arrays["rois"][0, 0] = -0.5  # still image 0: truncated toward zero
     valid = problem.with_rois(kept)
 
     def expected(out_grad):

@@ -44,9 +44,9 @@ struct DcnPsroiStandaloneCall {
   int num_attrs;              //!< operator attributes, e.g. "pooled_size" -> "7"
   const char* const* keys;
   const char* const* values;
-  int64_t data_shape[4];      //!< N, output_dim * group_size^2, H, W
+  int64_t data_shape[4];      //!< N, output_dim * Gh * Gw, H, W
   int64_t num_rois;           //!< R: rois (R, 5)
-  int64_t num_classes;        //!< trans (R, 2*K, part, part), mask (R, K, part, part); else 1
+  int64_t num_classes;        //!< trans (R, 2*K, part_h, part_w), mask (R, K, part_h, part_w); else 1
   int deterministic;          //!< data gradient: 1 in a fixed order, 0 with atomics
 };
 
@@ -148,12 +148,13 @@ PoolCall resolve(const DcnPsroiStandaloneCall& c, bool backward) {
     throw std::invalid_argument("num_classes must be 1 without trans and mask, got " +
                                 std::to_string(c.num_classes));
   // The inputs' shapes as the operator would see them; infer_shapes checks them against the
-  // parameters (channels = output_dim * group_size^2, output_dim divisible by the classes).
-  const int64_t rois = c.num_rois, classes = c.num_classes, part = p.part_size;
+  // parameters (channels = output_dim * Gh * Gw, output_dim divisible by the classes).
+  const int64_t rois = c.num_rois, classes = c.num_classes;
+  const int64_t part_h = p.part_size[0], part_w = p.part_size[1];
   std::vector<std::vector<int64_t>> shapes = {
       std::vector<int64_t>(c.data_shape, c.data_shape + 4), {rois, 5}};
-  if (!p.no_trans) shapes.push_back({rois, 2 * classes, part, part});
-  if (!p.no_mask) shapes.push_back({rois, classes, part, part});
+  if (!p.no_trans) shapes.push_back({rois, 2 * classes, part_h, part_w});
+  if (!p.no_mask) shapes.push_back({rois, classes, part_h, part_w});
   r.call = shaped_call(p, c.dtype, backward, shapes);
   r.host.deterministic = c.deterministic != 0;
   return r;

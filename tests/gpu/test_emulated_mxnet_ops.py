@@ -189,3 +189,25 @@ def test_gpu_dtype_errors_name_the_dtypes(driver, call):
     with pytest.raises(RuntimeError, match=r"dtype int32 is not supported on GPU \(use float32, "
                                            r"float64 or float16\)"):
         driver.call(call.op, "gpu", False, call.params, ints, [out])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_empty_inputs_on_the_gpu_entry_points(driver, dtype):
+    """Under numpy shape semantics: an empty batch (convolution) and no RoIs (pooling) give an
+    empty output; the backward zeroes the only non-empty gradients (weight and bias; data)."""
+    conv_inputs = [np.ones(s, dtype) for s in ((0, 4, 5, 5), (0, 18, 5, 5), (0, 9, 5, 5),
+                                               (3, 4, 3, 3), (3,))]
+    out, grads = driver.forward_backward(
+        CONV_OPS[True], "gpu", dict(kernel=(3, 3), pad=(1, 1), num_filter=3), conv_inputs,
+        (0, 3, 5, 5), np.ones((0, 3, 5, 5), dtype))
+    assert out.shape == (0, 3, 5, 5)
+    np.testing.assert_array_equal(grads[3], 0)
+    np.testing.assert_array_equal(grads[4], 0)
+    psroi_inputs = [np.ones(s, dtype) for s in ((2, 8, 6, 7), (0, 5), (0, 2, 2, 3),
+                                                (0, 1, 2, 3))]
+    params = dict(spatial_scale=0.5, output_dim=2, group_size=2, pooled_size=(3, 4),
+                  part_size=(2, 3), trans_std=0.1, no_trans=False, no_mask=False)
+    out, grads = driver.forward_backward(PSROI_OP, "gpu", params, psroi_inputs, (0, 2, 3, 4),
+                                         np.ones((0, 2, 3, 4), dtype))
+    assert out.shape == (0, 2, 3, 4)
+    np.testing.assert_array_equal(grads[0], 0)

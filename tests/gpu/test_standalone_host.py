@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import standalone
-from dcnv2_mx.tools.reference.psroi import roi_window
+from dcnv2_mx.tools.reference.psroi import roi_window, size_pair
 
 
 @pytest.mark.parametrize("dtype", sorted(standalone.TOLERANCES))
@@ -124,11 +124,12 @@ def test_psroi_problems_are_well_formed_and_rounded_to_the_dtype(name, dtype):
     spec, params = problem.spec, problem.params
     assert list(problem.arrays) == spec.inputs
     batch, channels, height, width = spec.shape
-    assert channels == params["output_dim"] * params["group_size"] ** 2
-    part = params["part_size"] or params["pooled_size"]
+    assert channels == params["output_dim"] * np.prod(size_pair(params["group_size"]))
+    part = tuple(p or q for p, q in zip(size_pair(params["part_size"]),
+                                        size_pair(params["pooled_size"])))
     expected_shapes = {"data": spec.shape, "rois": (spec.num_rois, 5),
-                       "trans": (spec.num_rois, 2 * spec.num_classes, part, part),
-                       "mask": (spec.num_rois, spec.num_classes, part, part)}
+                       "trans": (spec.num_rois, 2 * spec.num_classes) + part,
+                       "mask": (spec.num_rois, spec.num_classes) + part}
     for key, array in problem.arrays.items():
         assert array.shape == expected_shapes[key], key
         assert array.dtype == np.float64
@@ -180,11 +181,14 @@ def test_psroi_cases_cover_the_semantics():
         "no_trans with mask": lambda p: p.params["no_trans"] and not p.params["no_mask"],
         "no_trans without mask": lambda p: p.params["no_trans"] and p.params["no_mask"],
         "several classes": lambda p: p.spec.num_classes > 1,
-        "group_size > 1": lambda p: p.params["group_size"] > 1,
+        "group_size > 1": lambda p: max(size_pair(p.params["group_size"])) > 1,
         "groups of several bins": lambda p: p.params["group_size"] not in (
             1, p.params["pooled_size"]),
         "part_size != pooled_size": lambda p: p.params["part_size"] not in (
             0, p.params["pooled_size"]),
+        "non-square bins, groups and part cells": lambda p: all(
+            len(set(size_pair(p.params[k]))) == 2
+            for k in ("pooled_size", "group_size", "part_size")),
         "sample_per_part 1": lambda p: p.params["sample_per_part"] == 1,
         "sample_per_part 4": lambda p: p.params["sample_per_part"] == 4,
         "spatial_scale 1/16": lambda p: p.params["spatial_scale"] == 0.0625,

@@ -31,6 +31,8 @@ struct DeformConvOp {
   static Geometry geometry(const Param& p, const OpCall& call) {
     return p.geometry(call.inputs.at(0).shape);
   }
+  /*! \brief A batch of no images (numpy shape semantics). */
+  static bool empty(const Geometry& g) { return g.batch == 0; }
 
   /*! \brief The forward inputs (and, forward, the output) of `call` as kernel arguments. */
   template <typename T>

@@ -109,6 +109,11 @@ std::vector<unsigned> DeformConvParam::infer_shapes(
           "the shape of input 'data' must be known and 4-D (N, C, H, W) to infer shapes, got " +
           (ds.empty() ? std::string("unknown") : shape_str(ds)) +
           "; give it to infer_shape or to the variable (shape=...)");
+  // Under numpy shape semantics a 0 is a real size: an empty batch gives an empty output, but a
+  // convolution over no channels or an empty plane is refused (as by MXNet's Convolution).
+  require(r, ds[1] > 0 && ds[2] > 0 && ds[3] > 0,
+          "input 'data' has shape " + shape_str(ds) +
+          ": channels, height and width must be >= 1 (only the batch may be empty)");
   const DeformConvGeometry g = geometry({ds[0], ds[1], ds[2], ds[3]});
   require(r, g.channels % num_group == 0,
           "data channels (" + std::to_string(g.channels) + ") must be divisible by 'num_group' (" +

@@ -18,48 +18,66 @@
 
 namespace dcnv2_mx {
 
-/*! \brief Sizes and parameters of one call. */
+/*!
+ * \brief Sizes and parameters of one call. The output (Ph x Pw bins), the position-sensitive
+ *        groups (Gh x Gw) and the part cells (part_h x part_w) may each be non-square, as in
+ *        Paddle's deformable_psroi_pooling.
+ */
 struct PSROIPoolGeometry {
-  index_t batch, channels, height, width;  //!< data (N, output_dim * G^2, H, W)
+  index_t batch, channels, height, width;  //!< data (N, output_dim * Gh * Gw, H, W)
   index_t rois;                            //!< R: rois (R, 5)
-  int output_dim, group_size, pooled_size, part_size, sample_per_part;
-  int num_classes;  //!< trans (R, 2*num_classes, part, part), mask (R, num_classes, part, part)
+  int output_dim, sample_per_part;
+  int pooled_h, pooled_w;  //!< Ph, Pw: bins of one output channel
+  int group_h, group_w;    //!< Gh, Gw: position-sensitive groups
+  int part_h, part_w;      //!< part cells, which hold the offsets and masks
+  int num_classes;  //!< trans (R, 2*num_classes, part_h, part_w), mask (R, num_classes, ...)
   float spatial_scale, trans_std;
 
   DCN_HD index_t in_plane() const { return height * width; }
-  /*! \brief Bins of one output channel: P * P. */
-  DCN_HD index_t bins() const { return static_cast<index_t>(pooled_size) * pooled_size; }
-  /*! \brief Part cells of one class: part * part. */
-  DCN_HD index_t part_cells() const { return static_cast<index_t>(part_size) * part_size; }
+  /*! \brief Bins of one output channel: Ph * Pw. */
+  DCN_HD index_t bins() const { return static_cast<index_t>(pooled_h) * pooled_w; }
+  /*! \brief Part cells of one class: part_h * part_w. */
+  DCN_HD index_t part_cells() const { return static_cast<index_t>(part_h) * part_w; }
   DCN_HD int channels_per_class() const { return output_dim / num_classes; }
   /*!
-   * \brief Part cell row (or column) of bin row (or column) p: floor(p * part / P). Exact in
+   * \brief Part cell row of bin row ph: floor(ph * part_h / Ph) (columns alike). Exact in
    *        integers; MXNet's floating-point formula agrees for every P, part <= 14 and is one
    *        short for some larger ones (e.g. P = part = 22, p = 13).
    */
-  DCN_HD int part_of(int p) const {
-    return static_cast<int>(static_cast<index_t>(p) * part_size / pooled_size);
-  }
-  /*! \brief Position-sensitive group row (or column) of bin row (or column) p: < G as p < P. */
-  DCN_HD int group_of(int p) const {
-    return static_cast<int>(static_cast<index_t>(p) * group_size / pooled_size);
-  }
+  DCN_HD int part_row(int ph) const { return scaled_index(ph, part_h, pooled_h); }
+  DCN_HD int part_col(int pw) const { return scaled_index(pw, part_w, pooled_w); }
+  /*! \brief Position-sensitive group row of bin row ph (< Gh as ph < Ph); columns alike. */
+  DCN_HD int group_row(int ph) const { return scaled_index(ph, group_h, pooled_h); }
+  DCN_HD int group_col(int pw) const { return scaled_index(pw, group_w, pooled_w); }
   /*! \brief The input channel that bin (ph, pw) of output channel ctop reads. */
   DCN_HD index_t input_channel(index_t ctop, int ph, int pw) const {
-    return (ctop * group_size + group_of(ph)) * group_size + group_of(pw);
+    return (ctop * group_h + group_row(ph)) * group_w + group_col(pw);
+  }
+
+ private:
+  /*! \brief floor(p * cells / pooled) in integers. */
+  DCN_HD static int scaled_index(int p, int cells, int pooled) {
+    return static_cast<int>(static_cast<index_t>(p) * cells / pooled);
   }
 };
 
+/*! \brief Whether a RoI's batch index rois[r, 0] names an image: it is in (-1, batch). */
+template <typename Acc>
+DCN_HD bool is_batch_index(Acc index, index_t batch) {
+  return index > Acc(-1) && index < static_cast<Acc>(batch);  // false for NaN
+}
+
 /*!
- * \brief Image of a RoI: rois[r, 0] truncated, or -1 when it is not in [0, batch) (NaN
- *        included). The CPU kernels reject such RoIs before reading any data; the CUDA kernels
- *        cannot see the device-side rois without synchronising with the host, so they skip them:
- *        such a RoI pools to 0 and passes no gradient.
+ * \brief Image of a RoI: rois[r, 0] truncated toward zero as MXNet's DeformablePSROIPooling
+ *        does (so an index in (-1, 0), e.g. 0 nudged by a numerical gradient check, is image 0),
+ *        or -1 when it is not a batch index. The CPU kernels reject such RoIs before reading any
+ *        data; the CUDA kernels cannot see the device-side rois without synchronising with the
+ *        host, so they skip them: such a RoI pools to 0 and passes no gradient.
  */
 template <typename T, typename Acc>
 DCN_HD index_t roi_image(const T* roi, index_t batch) {
   const Acc index = static_cast<Acc>(roi[0]);
-  return index >= Acc(0) && index < static_cast<Acc>(batch) ? static_cast<index_t>(index) : -1;
+  return is_batch_index(index, batch) ? static_cast<index_t>(index) : -1;
 }
 
 /*! \brief A RoI on the feature map, where the pooling bins are laid out. */
@@ -98,17 +116,17 @@ struct PoolBin {
 
 /*!
  * \brief Bin (ph, pw) of class cls of a RoI. `trans_r` points at the RoI's offsets
- *        (2*num_classes, part, part), x then y per class; null without offsets.
+ *        (2*num_classes, part_h, part_w), x then y per class; null without offsets.
  */
 template <typename T, typename Acc>
 DCN_HD PoolBin<Acc> locate_bin(const PSROIPoolGeometry& g, const RoiWindow<Acc>& roi,
                                const T* trans_r, int cls, int ph, int pw) {
   PoolBin<Acc> b;
-  const Acc bin_h = roi.height / static_cast<Acc>(g.pooled_size);
-  const Acc bin_w = roi.width / static_cast<Acc>(g.pooled_size);
+  const Acc bin_h = roi.height / static_cast<Acc>(g.pooled_h);
+  const Acc bin_w = roi.width / static_cast<Acc>(g.pooled_w);
   b.sub_h = bin_h / static_cast<Acc>(g.sample_per_part);
   b.sub_w = bin_w / static_cast<Acc>(g.sample_per_part);
-  b.part = static_cast<index_t>(g.part_of(ph)) * g.part_size + g.part_of(pw);
+  b.part = static_cast<index_t>(g.part_row(ph)) * g.part_w + g.part_col(pw);
   b.hstart = static_cast<Acc>(ph) * bin_h + roi.start_h;
   b.wstart = static_cast<Acc>(pw) * bin_w + roi.start_w;
   if (trans_r) {
@@ -199,17 +217,17 @@ DCN_HD void bin_scatter(T* plane_grad, const PoolBin<Acc>& b, int samples, int h
 /*! \brief Inputs and output of one forward call (pointers on the call's device). */
 template <typename T>
 struct PSROIPoolForwardArgs {
-  const T* data;   //!< (N, output_dim * G^2, H, W)
-  const T* rois;   //!< (R, 5): [batch_index, x1, y1, x2, y2] in image pixels
-  const T* trans;  //!< (R, 2*num_classes, part, part), null without offsets
-  const T* mask;   //!< (R, num_classes, part, part), null without modulation
-  T* out;          //!< (R, output_dim, P, P)
+  const T* data;   //!< (N, output_dim * Gh * Gw, H, W)
+  const T* rois;   //!< (R, 5): [batch_index, x1, y1, x2, y2] in image pixels, index in (-1, N)
+  const T* trans;  //!< (R, 2*num_classes, part_h, part_w), null without offsets
+  const T* mask;   //!< (R, num_classes, part_h, part_w), null without modulation
+  T* out;          //!< (R, output_dim, Ph, Pw)
 };
 
 /*! \brief Gradients to produce in one backward call; a null pointer skips that gradient. */
 template <typename T>
 struct PSROIPoolBackwardArgs {
-  const T* out_grad;              //!< (R, output_dim, P, P)
+  const T* out_grad;              //!< (R, output_dim, Ph, Pw)
   PSROIPoolForwardArgs<T> in;     //!< the forward inputs (out unused)
   T* data_grad;
   T* rois_grad;  //!< always zero: the RoI corners are rounded
@@ -217,7 +235,7 @@ struct PSROIPoolBackwardArgs {
   T* mask_grad;
 };
 
-/*! \brief The offsets (2*num_classes, part, part) of RoI r, null without offsets. */
+/*! \brief The offsets (2*num_classes, part_h, part_w) of RoI r, null without offsets. */
 template <typename T>
 DCN_HD const T* roi_trans(const PSROIPoolGeometry& g, const T* trans, index_t r) {
   return trans ? trans + r * 2 * g.num_classes * g.part_cells() : nullptr;
@@ -237,14 +255,14 @@ struct OutputBin {
   int ph, pw, cls;
 };
 
-/*! \brief Output element i of (R, output_dim, P, P). */
+/*! \brief Output element i of (R, output_dim, Ph, Pw). */
 DCN_HD OutputBin output_bin(const PSROIPoolGeometry& g, index_t i) {
   OutputBin o;
   const index_t bin = i % g.bins();
   o.ctop = i / g.bins() % g.output_dim;
   o.r = i / g.bins() / g.output_dim;
-  o.ph = static_cast<int>(bin / g.pooled_size);
-  o.pw = static_cast<int>(bin % g.pooled_size);
+  o.ph = static_cast<int>(bin / g.pooled_w);
+  o.pw = static_cast<int>(bin % g.pooled_w);
   o.cls = static_cast<int>(o.ctop / g.channels_per_class());
   return o;
 }
@@ -296,32 +314,31 @@ DCN_HD void scatter_bin_grad(const PSROIPoolGeometry& g, const PSROIPoolBackward
 /*!
  * \brief Adds the data gradient of every bin that reads input channel c, RoI by RoI in order,
  *        to plane c of `grad` (N, C, H, W). Channel c is read only by output channel
- *        ctop = c / G^2 and by the bins of one position-sensitive group (gh, gw), so the caller
- *        that runs one c per thread needs no atomics and gets a fixed summation order.
+ *        ctop = c / (Gh * Gw) and by the bins of one position-sensitive group (gh, gw), so the
+ *        caller that runs one c per thread needs no atomics and gets a fixed summation order.
  */
 template <typename T, typename Acc, typename G>
 DCN_HD void channel_data_grad(const PSROIPoolGeometry& g, const PSROIPoolBackwardArgs<T>& a,
                               index_t c, G* grad) {
-  const index_t group_cells = static_cast<index_t>(g.group_size) * g.group_size;
+  const index_t group_cells = static_cast<index_t>(g.group_h) * g.group_w;
   const index_t ctop = c / group_cells;
-  const int gh = static_cast<int>(c / g.group_size % g.group_size);
-  const int gw = static_cast<int>(c % g.group_size);
+  const int gh = static_cast<int>(c / g.group_w % g.group_h);
+  const int gw = static_cast<int>(c % g.group_w);
   for (index_t r = 0; r < g.rois; ++r)
-    for (int ph = 0; ph < g.pooled_size; ++ph) {
-      if (g.group_of(ph) != gh) continue;
-      for (int pw = 0; pw < g.pooled_size; ++pw)
-        if (g.group_of(pw) == gw)
-          scatter_bin_grad<T, Acc, G>(g, a, ((r * g.output_dim + ctop) * g.pooled_size + ph) *
-                                                    g.pooled_size + pw,
-                                      grad);
+    for (int ph = 0; ph < g.pooled_h; ++ph) {
+      if (g.group_row(ph) != gh) continue;
+      for (int pw = 0; pw < g.pooled_w; ++pw)
+        if (g.group_col(pw) == gw)
+          scatter_bin_grad<T, Acc, G>(
+              g, a, ((r * g.output_dim + ctop) * g.pooled_h + ph) * g.pooled_w + pw, grad);
     }
 }
 
 /*!
  * \brief Writes the offset (x, y) and mask gradients, where wanted, of part cell i of
- *        (R, num_classes, part, part): sums over the class's output channels and the cell's bins
- *        in a fixed order, so the caller that runs one cell per thread needs no atomics. Zero
- *        for a RoI outside the batch.
+ *        (R, num_classes, part_h, part_w): sums over the class's output channels and the cell's
+ *        bins in a fixed order, so the caller that runs one cell per thread needs no atomics.
+ *        Zero for a RoI outside the batch.
  */
 template <typename T, typename Acc>
 DCN_HD void part_cell_grads(const PSROIPoolGeometry& g, const PSROIPoolBackwardArgs<T>& a,
@@ -335,8 +352,8 @@ DCN_HD void part_cell_grads(const PSROIPoolGeometry& g, const PSROIPoolBackwardA
   if (n >= 0) {
     const int S = g.sample_per_part, H = static_cast<int>(g.height),
               W = static_cast<int>(g.width);
-    const int cell_h = static_cast<int>(cell / g.part_size);
-    const int cell_w = static_cast<int>(cell % g.part_size);
+    const int cell_h = static_cast<int>(cell / g.part_w);
+    const int cell_w = static_cast<int>(cell % g.part_w);
     const int per_class = g.channels_per_class();
     const Acc trans_std = static_cast<Acc>(g.trans_std);
     const RoiWindow<Acc> window = roi_window<T, Acc>(roi, static_cast<Acc>(g.spatial_scale));
@@ -345,10 +362,10 @@ DCN_HD void part_cell_grads(const PSROIPoolGeometry& g, const PSROIPoolBackwardA
     for (index_t ctop = static_cast<index_t>(cls) * per_class; ctop < (cls + 1) * per_class;
          ++ctop) {
       const T* dout = a.out_grad + (r * g.output_dim + ctop) * g.bins();
-      for (int ph = 0; ph < g.pooled_size; ++ph) {
-        if (g.part_of(ph) != cell_h) continue;
-        for (int pw = 0; pw < g.pooled_size; ++pw) {
-          if (g.part_of(pw) != cell_w) continue;
+      for (int ph = 0; ph < g.pooled_h; ++ph) {
+        if (g.part_row(ph) != cell_h) continue;
+        for (int pw = 0; pw < g.pooled_w; ++pw) {
+          if (g.part_col(pw) != cell_w) continue;
           const PoolBin<Acc> b = locate_bin<T, Acc>(g, window, trans_r, cls, ph, pw);
           Acc sum, sum_dy, sum_dx;
           const int count = bin_sum_and_position_grad<T, Acc>(
@@ -356,7 +373,7 @@ DCN_HD void part_cell_grads(const PSROIPoolGeometry& g, const PSROIPoolBackwardA
               &sum_dx);
           if (count == 0) continue;
           const Acc d_average =
-              static_cast<Acc>(dout[ph * g.pooled_size + pw]) / static_cast<Acc>(count);
+              static_cast<Acc>(dout[ph * g.pooled_w + pw]) / static_cast<Acc>(count);
           gm += d_average * sum;
           // d position / d trans = trans_std * extent; d average / d position = sum / count.
           const Acc d_sample = d_average * bin_modulation(g, a.in.mask, r, cls, b) * trans_std;

@@ -37,6 +37,8 @@ struct PSROIPoolOp {
   static Geometry geometry(const Param& p, const OpCall& call) {
     return p.geometry(call.input_shapes());
   }
+  /*! \brief No RoIs (numpy shape semantics). */
+  static bool empty(const Geometry& g) { return g.rois == 0; }
 
   /*! \brief The forward inputs (and, forward, the output) of `call` as kernel arguments. */
   template <typename T>

@@ -13,11 +13,36 @@ void require(const AttrReader& r, bool ok, const std::string& message) {
   if (!ok) r.fail(message);
 }
 
+/*! \brief "3" for a square size, "(3, 5)" otherwise. */
+std::string size_str(const int (&size)[2]) {
+  if (size[0] == size[1]) return std::to_string(size[0]);
+  return "(" + std::to_string(size[0]) + ", " + std::to_string(size[1]) + ")";
+}
+
+/*!
+ * \brief Reads an int or (h, w) size parameter into `size`: each dimension >= 1, or 0 too when
+ *        `zero_means` says what 0 stands for (and it is the default).
+ */
+void read_size(AttrReader* r, const char* key, bool required, const char* zero_means,
+               int (&size)[2]) {
+  const int least = zero_means ? 0 : 1;
+  const std::vector<int> v = r->int_tuple(key, 2, required, {least, least});
+  require(*r, v[0] >= least && v[1] >= least,
+          std::string("parameter '") + key + "' must be >= 1" +
+              (zero_means ? std::string(" (or 0 for ") + zero_means + ")" : std::string()) +
+              ", an int or an (h, w) pair, got " + size_str({v[0], v[1]}));
+  size[0] = v[0];
+  size[1] = v[1];
+}
+
+/*! \brief Stands for an unknown dimension (as MXNet's -1 does). */
+constexpr unsigned kUnknown = UINT_MAX;
+
 /*! \brief Dimension `axis` of input `index` if that input exists, has `ndim` dimensions and the
- *         dimension is known; 0 otherwise. */
+ *         dimension is known (0 included: no RoIs under numpy shapes); kUnknown otherwise. */
 unsigned known_dim(const std::vector<std::vector<unsigned>>& in, int index, size_t ndim,
                    size_t axis) {
-  if (index < 0 || in[index].size() != ndim || !dim_known(in[index][axis])) return 0;
+  if (index < 0 || in[index].size() != ndim) return kUnknown;
   return in[index][axis];
 }
 
@@ -32,9 +57,9 @@ PSROIPoolParam PSROIPoolParam::parse(const AttrMap& attrs) {
           "a stride-16 feature map)");
   p.spatial_scale = r.real("spatial_scale", 0.f);
   p.output_dim = r.integer("output_dim", true);
-  p.group_size = r.integer("group_size", true);
-  p.pooled_size = r.integer("pooled_size", true);
-  const int part_size = r.integer("part_size", false, 0);
+  read_size(&r, "group_size", true, nullptr, p.group_size);
+  read_size(&r, "pooled_size", true, nullptr, p.pooled_size);
+  read_size(&r, "part_size", false, "pooled_size", p.part_size);
   p.sample_per_part = r.integer("sample_per_part", false, 1);
   p.trans_std = r.real("trans_std", 0.f);
   p.no_trans = r.boolean("no_trans", false);
@@ -45,15 +70,10 @@ PSROIPoolParam PSROIPoolParam::parse(const AttrMap& attrs) {
           std::to_string(p.spatial_scale));
   require(r, p.output_dim > 0, "parameter 'output_dim' must be >= 1, got " +
           std::to_string(p.output_dim));
-  require(r, p.group_size > 0, "parameter 'group_size' must be >= 1, got " +
-          std::to_string(p.group_size));
-  require(r, p.pooled_size > 0, "parameter 'pooled_size' must be >= 1, got " +
-          std::to_string(p.pooled_size));
-  require(r, part_size >= 0, "parameter 'part_size' must be >= 1 (or 0 for pooled_size), got " +
-          std::to_string(part_size));
   require(r, p.sample_per_part > 0, "parameter 'sample_per_part' must be >= 1, got " +
           std::to_string(p.sample_per_part));
-  p.part_size = part_size == 0 ? p.pooled_size : part_size;
+  for (int d = 0; d < 2; ++d)
+    if (p.part_size[d] == 0) p.part_size[d] = p.pooled_size[d];
   return p;
 }
 
@@ -77,49 +97,64 @@ std::vector<unsigned> PSROIPoolParam::infer_shapes(
           "the shape of input 'data' must be known and 4-D (N, output_dim*group_size^2, H, W) to "
           "infer shapes, got " + (ds.empty() ? std::string("unknown") : shape_str(ds)) +
           "; give it to infer_shape or to the variable (shape=...)");
-  const uint64_t channels = static_cast<uint64_t>(output_dim) * group_size * group_size;
+  const uint64_t channels =
+      static_cast<uint64_t>(output_dim) * static_cast<uint64_t>(group_size[0]) * group_size[1];
+  const std::string group_cells =
+      group_size[0] == group_size[1]
+          ? "output_dim*group_size^2 = " + std::to_string(output_dim) + "*" +
+                std::to_string(group_size[0]) + "^2"
+          : "output_dim*group_h*group_w = " + std::to_string(output_dim) + "*" +
+                std::to_string(group_size[0]) + "*" + std::to_string(group_size[1]);
   require(r, ds[1] == channels,
-          "input 'data' has " + std::to_string(ds[1]) + " channels but output_dim*group_size^2 = " +
-          std::to_string(output_dim) + "*" + std::to_string(group_size) + "^2 = " +
+          "input 'data' has " + std::to_string(ds[1]) + " channels but " + group_cells + " = " +
           std::to_string(channels) + " were expected");
+  // A 0 is a real size under numpy shape semantics: no images or no RoIs give an empty output,
+  // but a bin must have a plane to sample from.
+  require(r, ds[2] > 0 && ds[3] > 0,
+          "input 'data' has shape " + shape_str(ds) + ": height and width must be >= 1");
   // Bilinear corner offsets are 32-bit within one channel plane.
   require(r, static_cast<uint64_t>(ds[2]) * ds[3] < INT_MAX,
           "input 'data' planes of more than 2^31 pixels are not supported");
 
   unsigned num_rois = known_dim(in, 1, 2, 0);
-  if (num_rois == 0) num_rois = known_dim(in, trans_index(), 4, 0);
-  if (num_rois == 0) num_rois = known_dim(in, mask_index(), 4, 0);
-  require(r, num_rois != 0,
+  if (num_rois == kUnknown) num_rois = known_dim(in, trans_index(), 4, 0);
+  if (num_rois == kUnknown) num_rois = known_dim(in, mask_index(), 4, 0);
+  require(r, num_rois != kUnknown,
           "the number of RoIs is unknown: give the shape of input 'rois' (R, 5)");
 
   unsigned classes = 1;
   if (!no_trans || !no_mask) {
     const unsigned trans_channels = known_dim(in, trans_index(), 4, 1);
-    require(r, trans_channels % 2 == 0,
+    require(r, trans_channels == kUnknown || trans_channels % 2 == 0,
             "input 'trans' has " + std::to_string(trans_channels) +
             " channels but 2*num_classes (an x and a y offset per class) were expected");
-    classes = trans_channels ? trans_channels / 2 : known_dim(in, mask_index(), 4, 1);
-    require(r, classes != 0,
+    classes =
+        trans_channels != kUnknown ? trans_channels / 2 : known_dim(in, mask_index(), 4, 1);
+    require(r, classes != kUnknown,
             "the number of classes is unknown: give the shape of input '" +
             std::string(no_trans ? "mask" : "trans") + "' (R, " + (no_trans ? "" : "2*") +
-            "num_classes, part_size, part_size)");
+            "num_classes, part_h, part_w)");
+    require(r, classes != 0,
+            "input '" + std::string(no_trans ? "mask" : "trans") +
+            "' has no classes: num_classes must be >= 1");
     require(r, output_dim % classes == 0,
             "parameter 'output_dim' (" + std::to_string(output_dim) +
             ") must be divisible by the number of classes (" + std::to_string(classes) +
             ") of input '" + (no_trans ? "mask" : "trans") + "'");
   }
 
-  const unsigned part = static_cast<unsigned>(part_size);
-  const std::string part_note = " with part_size = " + std::to_string(part_size);
+  const unsigned part_h = static_cast<unsigned>(part_size[0]);
+  const unsigned part_w = static_cast<unsigned>(part_size[1]);
+  const std::string part_note = " with part_size = " + size_str(part_size);
   complete_shape(r, "rois", &in[1], {num_rois, 5}, "(R, 5), [batch_index, x1, y1, x2, y2] per RoI");
   if (!no_trans)
-    complete_shape(r, "trans", &in[trans_index()], {num_rois, 2 * classes, part, part},
-                   "(R, 2*num_classes, part_size, part_size)" + part_note);
+    complete_shape(r, "trans", &in[trans_index()], {num_rois, 2 * classes, part_h, part_w},
+                   "(R, 2*num_classes, part_h, part_w)" + part_note);
   if (!no_mask)
-    complete_shape(r, "mask", &in[mask_index()], {num_rois, classes, part, part},
-                   "(R, num_classes, part_size, part_size)" + part_note);
-  const unsigned pooled = static_cast<unsigned>(pooled_size);
-  return {num_rois, static_cast<unsigned>(output_dim), pooled, pooled};
+    complete_shape(r, "mask", &in[mask_index()], {num_rois, classes, part_h, part_w},
+                   "(R, num_classes, part_h, part_w)" + part_note);
+  return {num_rois, static_cast<unsigned>(output_dim), static_cast<unsigned>(pooled_size[0]),
+          static_cast<unsigned>(pooled_size[1])};
 }
 
 PSROIPoolGeometry PSROIPoolParam::geometry(
@@ -132,9 +167,12 @@ PSROIPoolGeometry PSROIPoolParam::geometry(
   g.width = ds[3];
   g.rois = input_shapes[1][0];
   g.output_dim = output_dim;
-  g.group_size = group_size;
-  g.pooled_size = pooled_size;
-  g.part_size = part_size;
+  g.group_h = group_size[0];
+  g.group_w = group_size[1];
+  g.pooled_h = pooled_size[0];
+  g.pooled_w = pooled_size[1];
+  g.part_h = part_size[0];
+  g.part_w = part_size[1];
   g.sample_per_part = sample_per_part;
   g.num_classes = !no_trans ? static_cast<int>(input_shapes[trans_index()][1] / 2)
                   : !no_mask ? static_cast<int>(input_shapes[mask_index()][1])

@@ -26,9 +26,10 @@ struct PSROIPoolParam {
 
   float spatial_scale = 0.f;  //!< feature map size / image size, e.g. 1/16
   int output_dim = 0;
-  int group_size = 0;
-  int pooled_size = 0;
-  int part_size = 0;          //!< 0 in the attributes means pooled_size
+  // group_size, pooled_size and part_size are an int (square) or an (h, w) pair, as in Paddle.
+  int group_size[2] = {0, 0};
+  int pooled_size[2] = {0, 0};
+  int part_size[2] = {0, 0};  //!< 0 in the attributes means pooled_size (per dimension)
   int sample_per_part = 1;
   float trans_std = 0.f;
   bool no_trans = false;
@@ -46,7 +47,8 @@ struct PSROIPoolParam {
   /*!
    * \brief Completes unknown input shapes, checks the known ones and returns the output shape.
    *        The data shape must be known; the number of RoIs comes from rois, trans or mask, the
-   *        number of classes from trans or mask (1 when neither is an input).
+   *        number of classes from trans or mask (1 when neither is an input). Output
+   *        (R, output_dim, pooled_h, pooled_w).
    */
   std::vector<unsigned> infer_shapes(std::vector<std::vector<unsigned>>* in_shapes) const;
 

@@ -1,13 +1,21 @@
 """Float64 NumPy reference of (modulated) deformable PS-RoI pooling, forward and backward.
 
-Written from docs/semantics.md (section 2), one sample at a time, to check the operator
-independently of its C++ code. Arrays follow the operator's layouts:
-data (N, output_dim*G*G, H, W), rois (R, 5), trans (R, 2*num_classes, part, part) or None,
-mask (R, num_classes, part, part) or None, out (R, output_dim, P, P).
+Written from docs/semantics.md (section 2), one sample at a time, to
+check the operator independently of its C++ code. Arrays follow the operator's layouts:
+data (N, output_dim*G*G, H, W), rois (R, 5) (batch index in (-1, N), truncated toward zero as
+by MXNet's DeformablePSROIPooling), trans (R, 2*num_classes, part, part) or None,
+mask (R, num_classes, part, part) or None, out (R, output_dim, P, P). Each size (pooled, part,
+group) is an int or an (h, w) pair: data then has output_dim*Gh*Gw channels, trans and mask
+(part_h, part_w) cells and out (Ph, Pw) bins.
 """
 import math
 
 import numpy as np
+
+
+def size_pair(size):
+    """(h, w) of a size given as an int (square) or a pair."""
+    return (size, size) if np.isscalar(size) else tuple(size)
 
 
 def round_half_away(v):
@@ -37,8 +45,8 @@ def bin_sample_positions(roi, offset_xy, ph, pw, p):
     operator's parameters as a dict.
     """
     start_h, start_w, roi_h, roi_w = roi_window(roi, p["spatial_scale"])
-    P, S = p["pooled_size"], p["sample_per_part"]
-    bin_h, bin_w = roi_h / P, roi_w / P
+    (Ph, Pw), S = size_pair(p["pooled_size"]), p["sample_per_part"]
+    bin_h, bin_w = roi_h / Ph, roi_w / Pw
     hstart = ph * bin_h + start_h + offset_xy[1] * p["trans_std"] * roi_h
     wstart = pw * bin_w + start_w + offset_xy[0] * p["trans_std"] * roi_w
     return [(hstart + ih * bin_h / S, wstart + iw * bin_w / S)
@@ -70,11 +78,12 @@ def psroi_pooling(data, rois, trans, mask, spatial_scale, output_dim, group_size
     """
     data = np.asarray(data, np.float64)
     rois = np.asarray(rois, np.float64)
-    P, G = pooled_size, group_size
-    part = part_size or P
+    (Ph, Pw), (Gh, Gw) = size_pair(pooled_size), size_pair(group_size)
+    part_h, part_w = size_pair(part_size)
+    part_h, part_w = part_h or Ph, part_w or Pw
     # The operator's real parameters are float32, like MXNet's.
     spatial_scale, trans_std = float(np.float32(spatial_scale)), float(np.float32(trans_std))
-    p = dict(spatial_scale=spatial_scale, pooled_size=P, sample_per_part=sample_per_part,
+    p = dict(spatial_scale=spatial_scale, pooled_size=(Ph, Pw), sample_per_part=sample_per_part,
              trans_std=trans_std)
     if trans is not None:
         num_classes = trans.shape[1] // 2
@@ -82,22 +91,24 @@ def psroi_pooling(data, rois, trans, mask, spatial_scale, output_dim, group_size
         num_classes = mask.shape[1] if mask is not None else 1
     per_class = output_dim // num_classes
     R = rois.shape[0]
-    out = np.zeros((R, output_dim, P, P))
+    out = np.zeros((R, output_dim, Ph, Pw))
     grads = {"data": np.zeros_like(data),
              "trans": None if trans is None else np.zeros(trans.shape),
              "mask": None if mask is None else np.zeros(mask.shape)}
     for r in range(R):
-        b = int(rois[r, 0])
+        if not -1 < rois[r, 0] < data.shape[0]:
+            raise ValueError(f"rois[{r}, 0] = {rois[r, 0]} is not in (-1, {data.shape[0]})")
+        b = int(rois[r, 0])  # toward zero: (-1, 0) is image 0
         _, _, roi_h, roi_w = roi_window(rois[r], spatial_scale)
         for ctop in range(output_dim):
             cls = ctop // per_class
-            for ph in range(P):
-                for pw in range(P):
-                    cell = (part_index(ph, P, part), part_index(pw, P, part))
+            for ph in range(Ph):
+                for pw in range(Pw):
+                    cell = (part_index(ph, Ph, part_h), part_index(pw, Pw, part_w))
                     offset_xy = (0.0, 0.0) if trans is None else (
                         trans[r, 2 * cls][cell], trans[r, 2 * cls + 1][cell])
                     m = 1.0 if mask is None else mask[r, cls][cell]
-                    c = (ctop * G + ph * G // P) * G + pw * G // P
+                    c = (ctop * Gh + ph * Gh // Ph) * Gw + pw * Gw // Pw
                     plane = data[b, c]
                     samples = [_sample(plane, y, x)
                                for y, x in bin_sample_positions(rois[r], offset_xy, ph, pw, p)]

@@ -6,6 +6,7 @@
 #ifndef DCNV2_MX_COMMON_DTYPE_H_
 #define DCNV2_MX_COMMON_DTYPE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -42,6 +43,13 @@ inline bool is_float_dtype(int dtype) {
   return dtype == static_cast<int>(DType::kFloat32) ||
          dtype == static_cast<int>(DType::kFloat64) ||
          dtype == static_cast<int>(DType::kFloat16);
+}
+
+/*! \brief Bytes of one element of a float dtype (is_float_dtype). */
+inline size_t float_dtype_size(int dtype) {
+  return dtype == static_cast<int>(DType::kFloat64) ? 8
+         : dtype == static_cast<int>(DType::kFloat16) ? 2
+                                                        : 4;
 }
 
 /*!

@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <type_traits>
 #include <vector>
@@ -70,6 +71,7 @@ struct CallHost {
 struct Cpu {
   using Half = Float16;
   static constexpr const char* kName = "CPU";
+  static void zero(void* ptr, size_t bytes, const CallHost&) { std::memset(ptr, 0, bytes); }
   /*! \brief Nothing to make current. */
   struct Guard {
     explicit Guard(int) {}
@@ -156,6 +158,17 @@ void run(const typename Op::Param& p, const OpCall& call, const CallHost& host) 
   const typename Op::Geometry g = Op::geometry(p, call);
   const size_t budget_bytes = host.budget_bytes ? host.budget_bytes : Op::budget_bytes(p);
   const typename Device::Guard guard(host.device);
+  if (Op::empty(g)) {
+    // Nothing to compute (numpy shape semantics: no images, no RoIs), as MXNet's own operators
+    // do it: the output is empty, and each gradient that is not (weight, bias, PS-RoI data)
+    // is zero.
+    if (call.backward)
+      for (const TensorRef& grad : call.outputs)
+        if (grad.data && grad.size() > 0)
+          Device::zero(grad.data, static_cast<size_t>(grad.size()) * float_dtype_size(grad.dtype),
+                       host);
+    return;
+  }
   dispatch_dtype<Device>(call.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_same<T, Float16>::value)

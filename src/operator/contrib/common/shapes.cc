@@ -19,7 +19,7 @@ std::string shape_str(const Shape& s) {
   return os.str();
 }
 
-bool dim_known(unsigned d) { return d != 0 && d != UINT_MAX; }
+bool dim_known(unsigned d) { return d != UINT_MAX; }
 
 bool shape_known(const Shape& s, size_t ndim) {
   if (s.size() != ndim) return false;

@@ -2,8 +2,11 @@
  * \file shapes.h
  * \brief Shape checks shared by the operators' shape inference.
  *
- * MXNet hands a library operator an unknown dimension as 0 (legacy shapes) or as -1 (which
- * arrives as UINT_MAX), and an unknown shape as an empty vector.
+ * MXNet hands a library operator an unknown dimension as -1, which arrives as UINT_MAX, and an
+ * unknown shape as an empty vector, whatever its shape semantics: under the legacy ones
+ * (mx.util.set_np_shape(False), the default) MXNet turns every 0 into -1 before it asks an
+ * operator to infer shapes, so a 0 reaches us only under numpy shape semantics, where it is a
+ * real, empty dimension.
  */
 #ifndef DCNV2_MX_COMMON_SHAPES_H_
 #define DCNV2_MX_COMMON_SHAPES_H_
@@ -20,6 +23,7 @@ using Shape = std::vector<unsigned>;
 /*! \brief "(2, 18, 5, 5)", with "?" for unknown dimensions. */
 std::string shape_str(const Shape& s);
 
+/*! \brief Whether a dimension is known (0 included: an empty dimension under numpy shapes). */
 bool dim_known(unsigned d);
 
 /*! \brief True if every dimension of a shape of `ndim` dimensions is known. */

@@ -6,8 +6,8 @@
  * each parallel without atomics and with every gradient element written by one thread in a
  * fixed order, so results are bit-identical across runs and thread counts:
  *  - data gradient: one task per input channel c. Channel c is read only by output channel
- *    ctop = c / G^2 and by the bins of one position-sensitive group (gh, gw), for every RoI, so
- *    the task owns plane c of every image and nobody else writes it;
+ *    ctop = c / (Gh * Gw) and by the bins of one position-sensitive group (gh, gw), for every
+ *    RoI, so the task owns plane c of every image and nobody else writes it;
  *  - offset and mask gradients: one task per (RoI, class, part cell), which owns those elements
  *    and reduces over the class's output channels and the cell's bins.
  * The per-element work is the CUDA kernels' (psroi_pooling_kernel.h).
@@ -28,11 +28,11 @@ template <typename T>
 void check_batch_indices(const PSROIPoolGeometry& g, const T* rois) {
   for (index_t r = 0; r < g.rois; ++r) {
     const double index = static_cast<double>(rois[r * 5]);
-    // Written so that NaN fails as well.
-    if (!(index >= 0 && index < static_cast<double>(g.batch))) {
+    if (!is_batch_index(index, g.batch)) {
       std::ostringstream msg;
       msg << "rois[" << r << ", 0] = " << index << " is not a batch index: 'data' holds "
-          << g.batch << " image(s), so it must be in [0, " << g.batch << ")";
+          << g.batch << " image(s), so it must be in (-1, " << g.batch
+          << ") (it is truncated toward zero)";
       throw std::invalid_argument(msg.str());
     }
   }

@@ -84,6 +84,12 @@ struct Gpu {
   using Half = __half;
   static constexpr const char* kName = "GPU";
   using Guard = cuda::DeviceGuard;
+  /*! \brief Clears `bytes` at `ptr` on the call's stream. */
+  template <typename Host>
+  static void zero(void* ptr, size_t bytes, const Host& host) {
+    cuda::check(cudaMemsetAsync(ptr, 0, bytes, static_cast<cudaStream_t>(host.stream)),
+                "cudaMemsetAsync");
+  }
 };
 
 /*! \brief The way a GPU call of `host` sums gradients that many threads contribute to. */

@@ -6,7 +6,7 @@
  * Instantiated for float, double and __half (sampled and accumulated in float32). Every call
  * runs on the given stream without synchronising with the host; the caller makes the tensors'
  * device current. Unlike the CPU kernels they cannot check the RoIs' batch indices, which live
- * on the device, without a synchronisation: a RoI whose rois[r, 0] is not in [0, N) pools to 0
+ * on the device, without a synchronisation: a RoI whose rois[r, 0] is not in (-1, N) pools to 0
  * and passes no gradient (see roi_image).
  */
 #ifndef DCNV2_MX_CUDA_PSROI_POOLING_CUDA_H_

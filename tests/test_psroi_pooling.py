@@ -279,7 +279,7 @@ def test_batch_index_outside_batch_is_an_error(batch_index):
     (dict(pooled_size=0), r"'pooled_size' must be >= 1"),
     (dict(sample_per_part=0), r"'sample_per_part' must be >= 1"),
     (dict(group_size=0), r"'group_size' must be >= 1"),
-    (dict(part_size=-1), r"'part_size' must be >= 1 \(or 0 for pooled_size\)"),
+    (dict(part_size=-1), r"'part_size' must be >= 0 \(0 means pooled_size\)"),
     (dict(trans_std=float("nan")), r"'trans_std' = 'nan': expected a finite number"),
     (dict(pooling_size=3), r"unknown parameter 'pooling_size'"),
 ])

@@ -113,7 +113,8 @@ MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
   return guarded(op_name<kModulated>(), [&] {
     const DeformConvParam p = parse<kModulated>(attrs);
-    const DeformConvGeometry g = p.geometry(inputs->at(0).shape);
+    const DeformConvGeometry g =
+        p.check_forward_tensors(describe(*inputs), describe(*outputs), "cpu");
     dispatch_cpu(inputs->at(0).dtype, [&](auto tag) {
       forward_cpu<decltype(tag)>(p, g, inputs, outputs, res);
     });
@@ -126,7 +127,8 @@ MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
   return guarded(op_name<kModulated>(), [&] {
     const DeformConvParam p = parse<kModulated>(attrs);
     // Backward inputs: output gradient, the forward inputs, the forward output.
-    const DeformConvGeometry g = p.geometry(inputs->at(1).shape);
+    const DeformConvGeometry g =
+        p.check_backward_tensors(describe(*inputs), describe(*outputs), "cpu");
     dispatch_cpu(inputs->at(1).dtype, [&](auto tag) {
       backward_cpu<decltype(tag)>(p, g, inputs, outputs, res);
     });
@@ -162,7 +164,8 @@ MXReturnValue forward_on_gpu(const AttrMap& attrs, std::vector<MXTensor>* inputs
                              std::vector<MXTensor>* outputs, const OpResource& res) {
   return guarded(op_name<kModulated>(), [&] {
     const DeformConvParam p = parse<kModulated>(attrs);
-    const DeformConvGeometry g = p.geometry(inputs->at(0).shape);
+    const DeformConvGeometry g =
+        p.check_forward_tensors(describe(*inputs), describe(*outputs), "gpu");
     const cuda::DeviceGuard device(inputs->at(0).ctx.dev_id);  // gpu(1) runs on device 1
     dispatch_gpu(inputs->at(0).dtype, [&](auto tag) {
       forward_gpu<decltype(tag)>(p, g, inputs, outputs, res);
@@ -175,7 +178,8 @@ MXReturnValue backward_on_gpu(const AttrMap& attrs, std::vector<MXTensor>* input
                               std::vector<MXTensor>* outputs, const OpResource& res) {
   return guarded(op_name<kModulated>(), [&] {
     const DeformConvParam p = parse<kModulated>(attrs);
-    const DeformConvGeometry g = p.geometry(inputs->at(1).shape);
+    const DeformConvGeometry g =
+        p.check_backward_tensors(describe(*inputs), describe(*outputs), "gpu");
     const cuda::DeviceGuard device(inputs->at(1).ctx.dev_id);
     dispatch_gpu(inputs->at(1).dtype, [&](auto tag) {
       backward_gpu<decltype(tag)>(p, g, inputs, outputs, res);

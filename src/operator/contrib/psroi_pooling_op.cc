@@ -49,14 +49,6 @@ MXReturnValue infer_shape(const AttrMap& attrs, std::vector<std::vector<unsigned
   });
 }
 
-/*! \brief Shapes of the forward inputs, which sit in `tensors` from `first` on. */
-std::vector<std::vector<int64_t>> input_shapes(const PSROIPoolParam& p,
-                                               const std::vector<MXTensor>& tensors, int first) {
-  std::vector<std::vector<int64_t>> shapes;
-  for (int i = 0; i < p.num_inputs(); ++i) shapes.push_back(tensors.at(first + i).shape);
-  return shapes;
-}
-
 /*! \brief Forward inputs as kernel arguments; `first` is where data sits in `tensors`. */
 template <typename T>
 PSROIPoolForwardArgs<T> forward_args(const PSROIPoolParam& p, std::vector<MXTensor>* tensors,
@@ -89,7 +81,8 @@ MXReturnValue forward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
   return guarded(kOpName, [&] {
     const PSROIPoolParam p = PSROIPoolParam::parse(attrs);
-    const PSROIPoolGeometry g = p.geometry(input_shapes(p, *inputs, 0));
+    const PSROIPoolGeometry g =
+        p.check_forward_tensors(describe(*inputs), describe(*outputs), "cpu");
     dispatch_cpu(inputs->at(0).dtype, [&](auto tag) {
       using T = decltype(tag);
       PSROIPoolForwardArgs<T> a = forward_args<T>(p, inputs, 0);
@@ -103,7 +96,8 @@ MXReturnValue backward(const AttrMap& attrs, std::vector<MXTensor>* inputs,
                        std::vector<MXTensor>* outputs, const OpResource& res) {
   return guarded(kOpName, [&] {
     const PSROIPoolParam p = PSROIPoolParam::parse(attrs);
-    const PSROIPoolGeometry g = p.geometry(input_shapes(p, *inputs, 1));
+    const PSROIPoolGeometry g =
+        p.check_backward_tensors(describe(*inputs), describe(*outputs), "cpu");
     dispatch_cpu(inputs->at(1).dtype, [&](auto tag) {
       psroi_pool_backward_cpu(g, backward_args<decltype(tag)>(p, inputs, outputs));
     });
@@ -115,7 +109,8 @@ MXReturnValue forward_on_gpu(const AttrMap& attrs, std::vector<MXTensor>* inputs
                              std::vector<MXTensor>* outputs, const OpResource& res) {
   return guarded(kOpName, [&] {
     const PSROIPoolParam p = PSROIPoolParam::parse(attrs);
-    const PSROIPoolGeometry g = p.geometry(input_shapes(p, *inputs, 0));
+    const PSROIPoolGeometry g =
+        p.check_forward_tensors(describe(*inputs), describe(*outputs), "gpu");
     const cuda::DeviceGuard device(inputs->at(0).ctx.dev_id);  // gpu(1) runs on device 1
     dispatch_gpu(inputs->at(0).dtype, [&](auto tag) {
       using T = decltype(tag);
@@ -130,7 +125,8 @@ MXReturnValue backward_on_gpu(const AttrMap& attrs, std::vector<MXTensor>* input
                               std::vector<MXTensor>* outputs, const OpResource& res) {
   return guarded(kOpName, [&] {
     const PSROIPoolParam p = PSROIPoolParam::parse(attrs);
-    const PSROIPoolGeometry g = p.geometry(input_shapes(p, *inputs, 1));
+    const PSROIPoolGeometry g =
+        p.check_backward_tensors(describe(*inputs), describe(*outputs), "gpu");
     const cuda::DeviceGuard device(inputs->at(1).ctx.dev_id);
     dispatch_gpu(inputs->at(1).dtype, [&](auto tag) {
       using T = decltype(tag);

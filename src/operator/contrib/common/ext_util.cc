@@ -57,6 +57,13 @@ void infer_float_types(const char* op_name, const std::vector<std::string>& inpu
   for (int& t : *out_types) t = dtype;
 }
 
+std::vector<TensorInfo> describe(const std::vector<mxnet::ext::MXTensor>& tensors) {
+  std::vector<TensorInfo> infos;
+  for (const mxnet::ext::MXTensor& t : tensors)
+    infos.push_back({t.shape, dtype_name(t.dtype), t.ctx.dev_type, t.ctx.dev_id});
+  return infos;
+}
+
 #if DCNV2_MX_WITH_CUDA
 DataGradMode data_grad_mode() {
   const char* value = std::getenv("MXNET_ENFORCE_DETERMINISM");

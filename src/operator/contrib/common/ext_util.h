@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "mxnet/lib_api.h"
+#include "shapes.h"
 #if DCNV2_MX_WITH_CUDA
 #include "../cuda/cuda_common.h"
 #endif
@@ -96,6 +97,9 @@ void dispatch_gpu(int dtype, Body&& body) {
  */
 void infer_float_types(const char* op_name, const std::vector<std::string>& input_names,
                        std::vector<int>* in_types, std::vector<int>* out_types);
+
+/*! \brief What the parameter checks need to know of each tensor of a call. */
+std::vector<TensorInfo> describe(const std::vector<mxnet::ext::MXTensor>& tensors);
 
 /*! \brief The element pointer of an optional tensor (null when `index` < 0). */
 template <typename T>

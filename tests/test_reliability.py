@@ -1,11 +1,14 @@
 """Hostile input to both operators: every tensor of a call is checked before a kernel reads it
 (head gradients included), integer parameters are range-checked instead of wrapping at 32 bits,
-derived sizes are computed without overflow, and PS-RoI's sample_per_part is bounded. Each case
-that could crash runs in its own process (isolation.py)."""
+derived sizes are computed without overflow, PS-RoI's sample_per_part is bounded, and an image
+larger than MXNet's 2 GiB temporary allocation works. Each case that could crash runs in its own
+process (isolation.py)."""
+import os
+
 import mxnet as mx
 import pytest
 
-from isolation import assert_clean_mxnet_error
+from isolation import assert_clean_mxnet_error, run_snippet
 
 #: Autograd through DCNv2 (`out` is (2, 3, 6, 6)) and through PS-RoI pooling (`out` is
 #: (3, 2, 3, 3)); a snippet appends its backward() call.
@@ -170,3 +173,25 @@ def test_huge_sample_per_part_fails_at_once_in_a_fresh_process():
         "nd.array([[0, 0, 0, 9, 9]]), spatial_scale=0.5, output_dim=2, group_size=3, "
         "pooled_size=3, no_trans=True, sample_per_part=50000)\nout.wait_to_read()\n",
         "'sample_per_part' must be <= 64", timeout=60)
+
+
+def _physical_memory_gib():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+
+
+@pytest.mark.skipif(_physical_memory_gib() < 12, reason="needs about 5 GiB of memory")
+def test_an_image_larger_than_2_gib_runs_with_its_scratch_beyond_mxnets_allocation():
+    """A 128x2100x2100 float32 image (2.26 GB): its pixel-major copy, within workspace=2300
+    (MiB), is more than OpResource::alloc_cpu's int can ask for, so the operator allocates the
+    block itself. This failed at any workspace ("'workspace' (4096 MiB) is too small: this input
+    needs 2257921219 bytes"). A 1x1 kernel keeps it to seconds (about 20 s on 2 busy cores)."""
+    proc = run_snippet("""
+d = nd.ones((1, 128, 2100, 2100))
+y = mx.nd.contrib.DeformableConvolutionV1(
+    data=d, offset=nd.zeros((1, 2, 2100, 2100)), weight=nd.ones((1, 128, 1, 1)), no_bias=True,
+    kernel=(1, 1), num_filter=1, workspace=2300)
+corners = y[0, 0, ::2099, ::2099].asnumpy()
+print('corners', corners.min(), corners.max())
+""", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "corners 128.0 128.0" in proc.stdout, proc.stdout[-3000:]

@@ -103,12 +103,26 @@ struct TilePlan {
   index_t images = 1;     //!< CUDA: images per tile (more than one only when tile covers an
                           //!< image); CPU: images per block, whose pixels the threads share
   int threads = 1;        //!< CPU: OpenMP threads of the call, each with its own buffers
+  /*!
+   * \brief CPU: the block's images are copied pixel-major and each backward thread sums its own
+   *        image gradient (the fast path). False when those copies do not fit `workspace`: the
+   *        kernels then read the NCHW input itself and scatter into the data gradient directly,
+   *        each thread owning a range of its channels, so scratch no longer grows with the image.
+   */
+  bool image_copies = true;
 };
 
-/*! \brief The part of a `workspace` budget one scratch block can have (MXNet takes an int). */
+/*!
+ * \brief The part of a `workspace` budget one GPU scratch block can have: MXNet's allocator
+ *        takes an int. (A CPU call allocates a larger block itself: see CpuScratch.)
+ */
 size_t scratch_budget(size_t budget_bytes);
 
-/*! \brief Throws the error that names `workspace` when even the smallest tiling does not fit. */
+/*!
+ * \brief Throws the error for a call whose smallest tiling needs `needed_bytes` of scratch: it
+ *        names `workspace` when that is the limit, or MXNet's 2 GiB per temporary allocation
+ *        when `budget_bytes` would have been enough.
+ */
 [[noreturn]] void throw_workspace_too_small(size_t budget_bytes, size_t needed_bytes);
 
 /*!

@@ -80,7 +80,8 @@ void forward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
   const TilePlan plan = plan_deform_conv_cpu<T>(g, false, p.workspace_bytes());
   DeformConvForwardArgs<T> a = forward_args<T>(p, inputs, 0);
   a.out = outputs->at(0).data<T>();
-  const Scratch scratch{res.alloc_cpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
+  const CpuScratch block(res, plan.scratch_bytes);
+  const Scratch scratch{block.ptr(), plan.scratch_bytes};
   deform_conv_forward_cpu<T>(g, a, plan, scratch);
 }
 
@@ -104,7 +105,8 @@ void backward_cpu(const DeformConvParam& p, const DeformConvGeometry& g,
                   std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                   const OpResource& res) {
   const TilePlan plan = plan_deform_conv_cpu<T>(g, true, p.workspace_bytes());
-  const Scratch scratch{res.alloc_cpu(static_cast<int>(plan.scratch_bytes)), plan.scratch_bytes};
+  const CpuScratch block(res, plan.scratch_bytes);
+  const Scratch scratch{block.ptr(), plan.scratch_bytes};
   deform_conv_backward_cpu<T>(g, backward_args<T>(p, inputs, outputs), plan, scratch);
 }
 

@@ -13,9 +13,16 @@ size_t scratch_budget(size_t budget_bytes) {
 }
 
 void throw_workspace_too_small(size_t budget_bytes, size_t needed_bytes) {
+  const std::string needed = std::to_string(needed_bytes) + " bytes (" +
+                             std::to_string((needed_bytes + (1 << 20) - 1) >> 20) + " MiB)";
+  if (needed_bytes <= budget_bytes)
+    throw std::invalid_argument(
+        "this input needs " + needed + " of scratch memory at least, more than the 2 GiB that "
+        "MXNet's extension API can give a GPU operator in one temporary allocation "
+        "(OpResource::alloc_gpu takes an int): use fewer channels or smaller kernels per call");
   throw std::invalid_argument("parameter 'workspace' (" + std::to_string(budget_bytes >> 20) +
-                              " MiB) is too small: this input needs " +
-                              std::to_string(needed_bytes) + " bytes of scratch memory at least");
+                              " MiB) is too small: this input needs " + needed +
+                              " of scratch memory at least; raise 'workspace'");
 }
 
 TilePlan plan_tiles(const DeformConvGeometry& g, size_t elem_size, size_t sample_bytes,

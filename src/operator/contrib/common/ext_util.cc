@@ -1,6 +1,7 @@
 #include "ext_util.h"
 
 #include <cctype>
+#include <climits>
 #include <cstdlib>
 #include <sstream>
 #include <stdexcept>
@@ -55,6 +56,19 @@ void infer_float_types(const char* op_name, const std::vector<std::string>& inpu
     t = dtype;
   }
   for (int& t : *out_types) t = dtype;
+}
+
+CpuScratch::CpuScratch(const mxnet::ext::OpResource& res, size_t bytes) {
+  if (bytes <= static_cast<size_t>(INT_MAX)) {
+    ptr_ = res.alloc_cpu(static_cast<int>(bytes));
+  } else {
+    own_.reset(std::aligned_alloc(64, (bytes + 63) / 64 * 64));  // a multiple of the alignment
+    ptr_ = own_.get();
+  }
+  if (ptr_ == nullptr && bytes > 0)
+    throw std::runtime_error("could not allocate " + std::to_string(bytes >> 20) +
+                             " MiB of scratch memory: lower 'workspace' to work in smaller "
+                             "tiles");
 }
 
 std::vector<TensorInfo> describe(const std::vector<mxnet::ext::MXTensor>& tensors) {

@@ -5,7 +5,9 @@
 #ifndef DCNV2_MX_COMMON_EXT_UTIL_H_
 #define DCNV2_MX_COMMON_EXT_UTIL_H_
 
+#include <cstdlib>
 #include <exception>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -97,6 +99,24 @@ void dispatch_gpu(int dtype, Body&& body) {
  */
 void infer_float_types(const char* op_name, const std::vector<std::string>& input_names,
                        std::vector<int>* in_types, std::vector<int>* out_types);
+
+/*!
+ * \brief The scratch block of a CPU call. Under 2 GiB it is MXNet's temporary space, which MXNet
+ *        keeps between calls; OpResource::alloc_cpu takes an int, and every request of a call
+ *        returns that same space (MXNet 1.9's kTempSpace resource, resized on demand), so a
+ *        larger block cannot be assembled from several requests: it is a 64-byte aligned heap
+ *        block of the operator's own, freed when this object goes out of scope at the end of
+ *        the call. Either way its size is what the planner chose within `workspace`.
+ */
+class CpuScratch {
+ public:
+  CpuScratch(const mxnet::ext::OpResource& res, size_t bytes);
+  void* ptr() const { return ptr_; }
+
+ private:
+  std::unique_ptr<void, void (*)(void*)> own_{nullptr, std::free};
+  void* ptr_ = nullptr;
+};
 
 /*! \brief What the parameter checks need to know of each tensor of a call. */
 std::vector<TensorInfo> describe(const std::vector<mxnet::ext::MXTensor>& tensors);

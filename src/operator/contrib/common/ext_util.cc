@@ -3,6 +3,7 @@
 #include <cctype>
 #include <climits>
 #include <cstdlib>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 
@@ -96,15 +97,36 @@ OpCall op_call(bool backward, const std::vector<mxnet::ext::MXTensor>& inputs,
   return call;
 }
 
+std::vector<TensorInfo> describe(const std::vector<mxnet::ext::MXTensor>& tensors) {
+  std::vector<TensorInfo> infos;
+  for (const mxnet::ext::MXTensor& t : tensors)
+    infos.push_back({t.shape, dtype_name(t.dtype), t.ctx.dev_type, t.ctx.dev_id});
+  return infos;
+}
+
 CallHost call_host(const mxnet::ext::OpResource& res, const mxnet::ext::MXTensor& tensor,
                    bool gpu) {
   CallHost host;
-  host.alloc = [&res, gpu](size_t bytes) {
-    if (bytes > static_cast<size_t>(INT_MAX))
+  // The CPU block beyond MXNet's int: shared by the copies of host.alloc, so it lives as long
+  // as the CallHost (the call).
+  auto own = std::make_shared<std::unique_ptr<void, void (*)(void*)>>(nullptr, std::free);
+  host.alloc = [&res, gpu, own](size_t bytes) {
+    void* ptr = nullptr;
+    if (bytes <= static_cast<size_t>(INT_MAX)) {
+      ptr = gpu ? res.alloc_gpu(static_cast<int>(bytes)) : res.alloc_cpu(static_cast<int>(bytes));
+    } else if (gpu) {
       throw std::invalid_argument(
           "the call needs " + std::to_string(bytes) + " bytes of temporary memory in one "
           "block, more than MXNet's limit of one temporary allocation (2 GiB)");
-    return gpu ? res.alloc_gpu(static_cast<int>(bytes)) : res.alloc_cpu(static_cast<int>(bytes));
+    } else {
+      own->reset(std::aligned_alloc(kScratchAlignment, align_up(bytes)));  // size: a multiple
+      ptr = own->get();
+    }
+    if (ptr == nullptr && bytes > 0)
+      throw std::runtime_error("could not allocate " + std::to_string(bytes >> 20) +
+                               " MiB of scratch memory: lower 'workspace' to work in smaller "
+                               "tiles");
+    return ptr;
   };
   if (gpu) {
     host.stream = res.get_cuda_stream();

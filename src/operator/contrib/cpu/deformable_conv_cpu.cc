@@ -33,9 +33,12 @@
 
 #include "../deformable_conv_kernel.h"
 #include "blas.h"
+#include "isa_dispatch.h"
 #include "threads.h"
 
 namespace dcnv2_mx {
+// Compiled once per instruction set, each into its own namespace (see isa_dispatch.h).
+namespace DCNV2_MX_ISA_NAMESPACE {
 
 namespace {
 
@@ -595,4 +598,5 @@ void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackw
 DCNV2_MX_INSTANTIATE_CPU(float)
 DCNV2_MX_INSTANTIATE_CPU(double)
 
+}  // namespace DCNV2_MX_ISA_NAMESPACE
 }  // namespace dcnv2_mx

@@ -17,9 +17,12 @@
 #include <stdexcept>
 
 #include "../psroi_pooling_kernel.h"
+#include "isa_dispatch.h"
 #include "threads.h"
 
 namespace dcnv2_mx {
+// Compiled once per instruction set, each into its own namespace (see isa_dispatch.h).
+namespace DCNV2_MX_ISA_NAMESPACE {
 
 namespace {
 
@@ -92,4 +95,5 @@ template void psroi_pool_backward_cpu<float>(const PSROIPoolGeometry&,
 template void psroi_pool_backward_cpu<double>(const PSROIPoolGeometry&,
                                               const PSROIPoolBackwardArgs<double>&);
 
+}  // namespace DCNV2_MX_ISA_NAMESPACE
 }  // namespace dcnv2_mx

@@ -115,19 +115,9 @@ void psroi_pool_backward_cpu(const PSROIPoolGeometry& g, const PSROIPoolBackward
   DCNV2_MX_CALL_CHOSEN(psroi_pool_backward_cpu<T>, g, a);
 }
 
-#define DCNV2_MX_INSTANTIATE_DISPATCH(T)                                                        \
-  template CpuTilePlan plan_deform_conv_cpu<T>(const DeformConvGeometry&, bool, size_t, size_t);        \
-  template void deform_conv_forward_cpu<T>(const DeformConvGeometry&,                          \
-                                           const DeformConvForwardArgs<T>&, const CpuTilePlan&,\
-                                           Scratch);                                           \
-  template void deform_conv_backward_cpu<T>(const DeformConvGeometry&,                         \
-                                            const DeformConvBackwardArgs<T>&, const CpuTilePlan&,\
-                                            Scratch);                                          \
-  template void psroi_pool_forward_cpu<T>(const PSROIPoolGeometry&,                            \
-                                          const PSROIPoolForwardArgs<T>&);                     \
-  template void psroi_pool_backward_cpu<T>(const PSROIPoolGeometry&,                           \
-                                           const PSROIPoolBackwardArgs<T>&);
-DCNV2_MX_INSTANTIATE_DISPATCH(float)
-DCNV2_MX_INSTANTIATE_DISPATCH(double)
+DCNV2_MX_INSTANTIATE_CONV_KERNELS(float)
+DCNV2_MX_INSTANTIATE_CONV_KERNELS(double)
+DCNV2_MX_INSTANTIATE_POOL_KERNELS(float)
+DCNV2_MX_INSTANTIATE_POOL_KERNELS(double)
 
 }  // namespace dcnv2_mx

@@ -39,6 +39,22 @@
   void psroi_pool_backward_cpu(const PSROIPoolGeometry& g, const PSROIPoolBackwardArgs<T>& a); \
   }
 
+/*! \brief Explicit instantiations of the entry points, in the namespace where they appear. */
+#define DCNV2_MX_INSTANTIATE_CONV_KERNELS(T)                                                   \
+  template CpuTilePlan plan_deform_conv_cpu<T>(const DeformConvGeometry&, bool, size_t,       \
+                                               size_t);                                        \
+  template void deform_conv_forward_cpu<T>(const DeformConvGeometry&,                          \
+                                           const DeformConvForwardArgs<T>&, const CpuTilePlan&, \
+                                           Scratch);                                           \
+  template void deform_conv_backward_cpu<T>(const DeformConvGeometry&,                         \
+                                            const DeformConvBackwardArgs<T>&,                  \
+                                            const CpuTilePlan&, Scratch);
+#define DCNV2_MX_INSTANTIATE_POOL_KERNELS(T)                                                   \
+  template void psroi_pool_forward_cpu<T>(const PSROIPoolGeometry&,                            \
+                                          const PSROIPoolForwardArgs<T>&);                     \
+  template void psroi_pool_backward_cpu<T>(const PSROIPoolGeometry&,                           \
+                                           const PSROIPoolBackwardArgs<T>&);
+
 namespace dcnv2_mx {
 
 #if DCNV2_MX_CPU_DISPATCH

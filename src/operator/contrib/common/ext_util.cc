@@ -9,33 +9,6 @@
 
 namespace dcnv2_mx {
 
-namespace {
-
-// MXNet 1.9 appends every extension error to one list that it never clears, so each error
-// would also repeat every earlier one. The list is private; an explicit template instantiation
-// may name private members ([temp.spec]/6), which reaches it without patching MXNet's header.
-using MessageList = std::vector<std::stringstream*>;
-using MessageListMember = MessageList mxnet::ext::MXerrorMsgs::*;
-MessageListMember message_list();
-template <MessageListMember kMember>
-struct MessageListAccess {
-  friend MessageListMember message_list() { return kMember; }
-};
-template struct MessageListAccess<&mxnet::ext::MXerrorMsgs::messages>;
-
-}  // namespace
-
-void report_error(const char* op_name, const std::string& message) {
-  MessageList& earlier = mxnet::ext::MXerrorMsgs::get()->*message_list();
-  for (std::stringstream* m : earlier) delete m;
-  earlier.clear();
-  // Messages of the parameter and shape checks already start with the operator name.
-  if (message.rfind(op_name, 0) == 0)
-    MX_ERROR_MSG << message;
-  else
-    MX_ERROR_MSG << op_name << ": " << message;
-}
-
 // dtype.h's codes are MXNet's.
 static_assert(static_cast<int>(DType::kFloat32) == mxnet::ext::kFloat32 &&
                   static_cast<int>(DType::kFloat64) == mxnet::ext::kFloat64 &&

@@ -39,9 +39,12 @@
 
 #include "../deformable_conv_kernel.h"
 #include "blas.h"
+#include "isa_dispatch.h"
 #include "threads.h"
 
 namespace dcnv2_mx {
+// Compiled once per instruction set, each into its own namespace (see isa_dispatch.h).
+namespace DCNV2_MX_ISA_NAMESPACE {
 
 namespace {
 
@@ -705,15 +708,8 @@ void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackw
     backward_blocks<true>(g, a, plan, scratch);
 }
 
-#define DCNV2_MX_INSTANTIATE_CPU(T)                                                             \
-  template CpuTilePlan plan_deform_conv_cpu<T>(const DeformConvGeometry&, bool, size_t, size_t); \
-  template void deform_conv_forward_cpu<T>(const DeformConvGeometry&,                          \
-                                           const DeformConvForwardArgs<T>&, const CpuTilePlan&,   \
-                                           Scratch);                                           \
-  template void deform_conv_backward_cpu<T>(const DeformConvGeometry&,                         \
-                                            const DeformConvBackwardArgs<T>&, const CpuTilePlan&, \
-                                            Scratch);
-DCNV2_MX_INSTANTIATE_CPU(float)
-DCNV2_MX_INSTANTIATE_CPU(double)
+DCNV2_MX_INSTANTIATE_CONV_KERNELS(float)
+DCNV2_MX_INSTANTIATE_CONV_KERNELS(double)
 
+}  // namespace DCNV2_MX_ISA_NAMESPACE
 }  // namespace dcnv2_mx

@@ -50,6 +50,24 @@ ONEDNN_REQUIREMENT = ("onednn-cpu-gomp==2023.2.0; "
                       "sys_platform == 'linux' and platform_machine == 'x86_64'")
 
 
+#: What configured a build folder last (cmake, its arguments), written next to CMake's cache.
+CONFIGURATION_FILE = "dcnv2_mx_configuration.json"
+
+
+def start_afresh_unless_configured(build_dir, configuration):
+    """Empties `build_dir` unless `configuration` configured it last. A CMake cache names the
+    cmake, ninja and libraries of the environment that configured it, and pip deletes its
+    isolated build environment after each build: a second `pip install .` (or `make` after an
+    edit) would otherwise find a cache that names programs and files that are gone."""
+    try:
+        with open(os.path.join(build_dir, CONFIGURATION_FILE)) as f:
+            if json.load(f) == configuration:
+                return
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(build_dir, ignore_errors=True)
+
+
 class CMakeExtension(Extension):
     def __init__(self, name, cuda):
         super().__init__(name, sources=[])
@@ -75,16 +93,23 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={os.path.dirname(target)}",
             f"-DDCNV2_MX_LIBRARY_FILE={os.path.basename(target)}",
             "-DCMAKE_BUILD_TYPE=Release",
+            "-DDCNV2_MX_RELOCATABLE=ON",
             f"-DDCNV2_MX_CUDA={'ON' if want_cuda else 'OFF'}",
-            f"-DDCNV2_MX_NATIVE={os.environ.get('DCNV2_MX_NATIVE', 'ON')}",
+            f"-DDCNV2_MX_NATIVE={os.environ.get('DCNV2_MX_NATIVE', 'OFF')}",
             f"-DDCNV2_MX_CUDA_ARCHS={os.environ.get('DCNV2_MX_CUDA_ARCHS', '')}",
         ]
         if "DCNV2_MX_ONEDNN" in os.environ:  # ON/OFF; by default CMake picks by platform
             cmake_args.append(f"-DDCNV2_MX_ONEDNN={os.environ['DCNV2_MX_ONEDNN']}")
-        if shutil.which("ninja"):
-            cmake_args += ["-G", "Ninja"]
-        subprocess.check_call(["cmake", "-S", HERE, "-B", build_dir] + cmake_args)
-        subprocess.check_call(["cmake", "--build", build_dir, "--parallel"])
+        ninja = shutil.which("ninja")
+        if ninja:
+            cmake_args += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={os.path.realpath(ninja)}"]
+        cmake = shutil.which("cmake") or "cmake"
+        configuration = {"cmake": cmake, "arguments": cmake_args}
+        start_afresh_unless_configured(build_dir, configuration)
+        subprocess.check_call([cmake, "-S", HERE, "-B", build_dir] + cmake_args)
+        with open(os.path.join(build_dir, CONFIGURATION_FILE), "w") as f:
+            json.dump(configuration, f)
+        subprocess.check_call([cmake, "--build", build_dir, "--parallel"])
 
 
 def extensions():

@@ -5,6 +5,7 @@ small workspace and bad input."""
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -438,21 +439,26 @@ def test_backward_is_bit_identical_across_runs(make_problem, rng, dtype):
             np.testing.assert_array_equal(grads[name], first[name], err_msg=name)
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_other_thread_counts_match_the_reference(make_problem, rng, threads):
+@pytest.mark.parametrize("threads, direct", [(1, False), (3, False), (3, True)])
+def test_other_thread_counts_match_the_reference(make_problem, rng, threads, direct):
     """Each thread takes a share of a block's pixels and the threads' gradient parts are summed
     at the end: with one thread, and with three (shares that end inside rows and images, more
-    threads than this machine's cores), float64 results still match the reference. The thread
+    threads than this machine's cores), float64 results still match the reference. Direct: an
+    image of 40*43*44*8 bytes > workspace=1 (MiB) is read in place, and three threads own
+    channel ranges of the data gradient that cut through deformable groups. The thread
     count is read when the library loads, hence a fresh process."""
-    problem = make_problem(batch=3, channels=8, height=7, width=9, num_filter=4, num_group=2,
-                           num_deformable_group=2)
+    size = dict(channels=40, height=43, width=44) if direct else dict(channels=8, height=7,
+                                                                       width=9)
+    problem = make_problem(batch=3, num_filter=4, num_group=2, num_deformable_group=2, **size)
     out_grad = rng.uniform(-1, 1, problem.out_shape)
+    params = dict(workspace=1) if direct else {}
     script = ("import pickle, sys\n"
               f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
               "import conftest\n"
-              "problem, out_grad = pickle.load(sys.stdin.buffer)\n"
-              "pickle.dump(problem.run_nd(out_grad=out_grad), sys.stdout.buffer)\n")
-    proc = subprocess.run([sys.executable, "-c", script], input=pickle.dumps((problem, out_grad)),
+              "problem, out_grad, params = pickle.load(sys.stdin.buffer)\n"
+              "pickle.dump(problem.run_nd(out_grad=out_grad, **params), sys.stdout.buffer)\n")
+    proc = subprocess.run([sys.executable, "-c", script],
+                          input=pickle.dumps((problem, out_grad, params)),
                           capture_output=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     out, grads = pickle.loads(proc.stdout)
@@ -498,10 +504,38 @@ def test_workspace_too_small_for_every_threads_gradient_copy_still_works(make_pr
         np.testing.assert_allclose(grads[name], expected, rtol=1e-10, atol=1e-11, err_msg=name)
 
 
-def test_workspace_too_small_for_the_image_is_a_clear_error(make_problem):
-    problem = make_problem(batch=1, channels=64, height=48, width=48, num_filter=2)
-    with pytest.raises(MXNetError, match="'workspace'"):
+@pytest.mark.parametrize("modulated", [True, False], ids=["v2", "v1"])
+@pytest.mark.parametrize("height, backward_only", [(48, False), (34, True)],
+                         ids=["image", "gradient-copies"])
+def test_images_larger_than_the_workspace_run_direct(make_problem, rng, height, backward_only,
+                                                     modulated):
+    """A float64 image of 64*48*48*8 bytes = 1.125 MiB does not fit workspace=1 (MiB) even once
+    (this was an error), one of 64*34*34*8 = 578 KiB fits once for forward but not with
+    backward's gradient copy (an error too): the call then reads the NCHW input directly and
+    scatters the data gradient in rounds, each thread owning a range of channels. Two images
+    whose output pixels the threads share, groups and deformable groups of uneven channel
+    ranges."""
+    problem = make_problem(batch=2, channels=64, height=height, width=height - 1, num_filter=4,
+                           num_group=2, num_deformable_group=2, modulated=modulated)
+    out_grad = rng.uniform(-1, 1, problem.out_shape)
+    out, grads = problem.run_nd(out_grad=out_grad, workspace=1)
+    np.testing.assert_allclose(out, problem.reference(), rtol=1e-11, atol=1e-11)
+    for name, expected in problem.reference_grads(out_grad).items():
+        np.testing.assert_allclose(grads[name], expected, rtol=1e-10, atol=1e-11, err_msg=name)
+
+
+def test_workspace_too_small_for_one_tile_names_what_it_needs(make_problem):
+    """The permuted float64 weight alone, 32*1024*9*8 bytes = 2.25 MiB, does not fit
+    workspace=1: the message names the workspace needed, and that workspace works."""
+    problem = make_problem(batch=1, channels=1024, height=3, width=3, num_filter=32)
+    with pytest.raises(MXNetError) as error:
         problem.run_nd(workspace=1)
+    match = re.search(r"parameter 'workspace' \(1 MiB\) is too small: this input needs \d+ "
+                      r"bytes \((\d+) MiB\) of scratch memory at least; raise 'workspace'",
+                      str(error.value))
+    assert match, str(error.value)
+    np.testing.assert_allclose(problem.run_nd(workspace=int(match.group(1))),
+                               problem.reference(), rtol=1e-11, atol=1e-11)
 
 
 # ------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import dcnv2_mx.onnx as dcn_onnx
-from test_deformable_conv import CASES
+from helpers import CASES
 
 onnx = pytest.importorskip("onnx", reason="ONNX export tests need onnx (requirements-test.txt)")
 ort = pytest.importorskip("onnxruntime",

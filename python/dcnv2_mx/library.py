@@ -6,7 +6,7 @@ import threading
 
 import mxnet as mx
 
-__all__ = ["load", "loaded_path", "library_candidates", "LibraryError"]
+__all__ = ["load", "loaded_path", "library_candidates", "cpu_kernels", "LibraryError"]
 
 #: Environment variable that points at a library file to load instead of the installed one.
 ENV_LIBRARY = "DCNV2_MX_LIBRARY"
@@ -97,3 +97,12 @@ def load():
 def loaded_path():
     """Path of the loaded library, or None before :func:`load`."""
     return _loaded_path
+
+
+def cpu_kernels():
+    """The instruction set of the CPU kernels that run in the loaded library: the widest build
+    of them this CPU supports, e.g. ``"x86-64-v3 (AVX2, FMA)"`` (``DCNV2_MX_CPU_ISA=x86-64-v2``
+    picks a narrower one), or ``"native (-march=native)"`` for a DCNV2_MX_NATIVE build."""
+    isa = ctypes.CDLL(load()).dcnv2_mx_cpu_isa
+    isa.restype = ctypes.c_char_p
+    return isa().decode()

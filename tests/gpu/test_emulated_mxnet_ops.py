@@ -211,3 +211,40 @@ def test_empty_inputs_on_the_gpu_entry_points(driver, dtype):
                                          np.ones((0, 2, 3, 4), dtype))
     assert out.shape == (0, 2, 3, 4)
     np.testing.assert_array_equal(grads[0], 0)
+
+
+def _backward_tensors(call, out_grad=None, grads=None):
+    """(inputs, outputs) of a backward call of `call`, optionally with another head gradient or
+    other gradient arrays."""
+    out = np.zeros(call.out_shape, dtype=call.inputs[0].dtype)
+    head = call.out_grad if out_grad is None else out_grad
+    return [head, *call.inputs, out], grads or [np.empty_like(a) for a in call.inputs]
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu"])
+@pytest.mark.parametrize("call", clustered_calls(), ids=["convolution", "psroi"])
+def test_every_tensor_of_a_call_is_checked_before_a_kernel_reads_it(driver, call, device):
+    """The head gradient, the forward output and every gradient: shape, dtype and number, on
+    both entry points (a head gradient of one element was read past its end)."""
+    def refused(message, inputs, outputs, backward=True):
+        with pytest.raises(RuntimeError, match=message):
+            driver.call(call.op, device, backward, call.params, inputs, outputs)
+
+    shape = str(tuple(call.out_shape)).replace("(", r"\(").replace(")", r"\)")
+    refused(r"the output gradient \(head gradient\) has shape \(1,\) but the output is " + shape,
+            *_backward_tensors(call, out_grad=np.ones(1, dtype="float32")))
+    grads = [np.empty_like(a) for a in call.inputs]
+    grads[1] = np.empty(grads[1].shape[:-1] + (1,), dtype="float32")
+    refused(f"the gradient of input '{call.names[1]}' has shape",
+            *_backward_tensors(call, grads=grads))
+    grads = [np.empty_like(a) for a in call.inputs]
+    grads[0] = grads[0].astype(np.float64)
+    refused(f"the gradient of input '{call.names[0]}' is float64 but input 'data' is float32",
+            *_backward_tensors(call, grads=grads))
+    inputs, outputs = _backward_tensors(call)
+    refused(f"the backward call has {len(inputs) - 1} inputs but the parameters imply {len(inputs)}",
+            inputs[:-1], outputs)
+    refused(f"the forward call has {len(call.inputs)} outputs but the parameters imply 1", call.inputs,
+            [np.empty(call.out_shape, dtype="float32") for _ in call.inputs], backward=False)
+    refused(r"the output has shape \(1,\)", call.inputs, [np.empty(1, dtype="float32")],
+            backward=False)

@@ -262,7 +262,7 @@ def test_psroi_scratch_is_a_float32_data_gradient_for_float16_only(harness, dtyp
 
 @pytest.mark.parametrize("changes,message", [
     (dict(pooled_size=0), r"'pooled_size' must be >= 1"),
-    (dict(part_size=-1), r"'part_size' must be >= 1 \(or 0 for pooled_size\)"),
+    (dict(part_size=-1), r"'part_size' must be >= 0 \(0 means pooled_size\)"),
     (dict(output_dim=5), r"'data' has 36 channels but output_dim\*group_size\^2 = 5"),
     (dict(num_classes=3),
      r"'output_dim' \(4\) must be divisible by the number of classes \(3\) of input 'trans'"),

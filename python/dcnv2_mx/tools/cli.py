@@ -123,6 +123,7 @@ def cmd_info(args):
         ("MXNet", f"{mx.__version__} ({os.path.dirname(mx.__file__)})"),
         ("features", ", ".join(enabled) or "none"),
         ("GPUs", str(gpus)),
+        ("CPU ISA", library.cpu_kernels()),
         ("BLAS", _blas_summary()),
         ("threads", f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
                     f"MXNET_OMP_MAX_THREADS={os.environ.get('MXNET_OMP_MAX_THREADS', 'unset')}, "

@@ -101,13 +101,31 @@ struct CpuTilePlan {
   index_t images;        //!< images per block, whose pixels the threads share
   int threads;           //!< OpenMP threads of the call
   size_t scratch_bytes;  //!< scratch memory the call needs
+  /*!
+   * \brief The block's images are copied pixel-major and each backward thread sums its own
+   *        image gradient (the fast path). False when those copies do not fit `workspace`: the
+   *        kernels then read the NCHW input itself and scatter into the data gradient directly,
+   *        each thread owning a range of its channels, so scratch no longer grows with the image.
+   */
+  bool image_copies = true;
 };
 
-/*! \brief Throws the error that names `workspace` when even the smallest tiling does not fit. */
+/*!
+ * \brief Throws the error for a call whose smallest tiling needs `needed_bytes` of scratch: it
+ *        names `workspace` when that is the limit, or MXNet's 2 GiB per temporary allocation
+ *        when `budget_bytes` would have been enough.
+ */
 [[noreturn]] inline void throw_workspace_too_small(size_t budget_bytes, size_t needed_bytes) {
+  const std::string needed = std::to_string(needed_bytes) + " bytes (" +
+                             std::to_string((needed_bytes + (1 << 20) - 1) >> 20) + " MiB)";
+  if (needed_bytes <= budget_bytes)
+    throw std::invalid_argument(
+        "this input needs " + needed + " of scratch memory at least, more than the 2 GiB that "
+        "MXNet's extension API can give a GPU operator in one temporary allocation "
+        "(OpResource::alloc_gpu takes an int): use fewer channels or smaller kernels per call");
   throw std::invalid_argument("parameter 'workspace' (" + std::to_string(budget_bytes >> 20) +
-                              " MiB) is too small: this input needs " +
-                              std::to_string(needed_bytes) + " bytes of scratch memory at least");
+                              " MiB) is too small: this input needs " + needed +
+                              " of scratch memory at least; raise 'workspace'");
 }
 
 /*!

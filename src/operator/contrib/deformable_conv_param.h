@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/attrs.h"
+#include "common/shapes.h"
 #include "deformable_conv_kernel.h"
 
 namespace dcnv2_mx {
@@ -45,8 +46,36 @@ struct DeformConvParam {
    */
   std::vector<unsigned> infer_shapes(std::vector<std::vector<unsigned>>* in_shapes) const;
 
-  /*! \brief Geometry of one call from the data shape. */
+  /*! \brief Geometry of one call from the data shape (N, C, H, W), unchecked. */
   DeformConvGeometry geometry(const std::vector<int64_t>& data_shape) const;
+
+  /*!
+   * \brief The geometry of a call on data of shape `data_shape`, after checking that the
+   *        parameters fit it and that every size derived from them stays within what the
+   *        kernels index (32-bit planes and column rows) and MXNet's 32-bit shape dimensions.
+   */
+  DeformConvGeometry checked_geometry(const Shape64& data_shape) const;
+
+  /*! \brief The shapes of the inputs of a call of geometry `g`, in positional order. */
+  std::vector<TensorSpec> input_specs(const DeformConvGeometry& g) const;
+
+  /*!
+   * \brief Checks the tensors MXNet hands a forward call on a `device_type` ("cpu" or "gpu")
+   *        device, before any kernel reads them: their number, and the shape, dtype and device
+   *        of each input and of the output. Returns the call's geometry.
+   */
+  DeformConvGeometry check_forward_tensors(const std::vector<TensorInfo>& inputs,
+                                           const std::vector<TensorInfo>& outputs,
+                                           const std::string& device_type) const;
+
+  /*!
+   * \brief The same for a backward call, whose inputs are the output gradient (head gradient),
+   *        the forward inputs and the forward output, and whose outputs are the gradients of
+   *        the forward inputs.
+   */
+  DeformConvGeometry check_backward_tensors(const std::vector<TensorInfo>& inputs,
+                                            const std::vector<TensorInfo>& outputs,
+                                            const std::string& device_type) const;
 
   /*! \brief Temporary memory allowed per call, in bytes. */
   size_t workspace_bytes() const { return static_cast<size_t>(workspace_mb) << 20; }

@@ -19,18 +19,10 @@ std::string size_str(const int (&size)[2]) {
   return "(" + std::to_string(size[0]) + ", " + std::to_string(size[1]) + ")";
 }
 
-/*!
- * \brief Reads an int or (h, w) size parameter into `size`: each dimension >= 1, or 0 too when
- *        `zero_means` says what 0 stands for (and it is the default).
- */
-void read_size(AttrReader* r, const char* key, bool required, const char* zero_means,
-               int (&size)[2]) {
-  const int least = zero_means ? 0 : 1;
-  const std::vector<int> v = r->int_tuple(key, 2, required, {least, least});
-  require(*r, v[0] >= least && v[1] >= least,
-          std::string("parameter '") + key + "' must be >= 1" +
-              (zero_means ? std::string(" (or 0 for ") + zero_means + ")" : std::string()) +
-              ", an int or an (h, w) pair, got " + size_str({v[0], v[1]}));
+/*! \brief Reads an int or (h, w) size parameter into `size`, each dimension in `range`. */
+void read_size(AttrReader* r, const char* key, bool required, IntRange range, int (&size)[2]) {
+  const int least = static_cast<int>(range.min);
+  const std::vector<int> v = r->int_tuple(key, 2, required, {least, least}, range);
   size[0] = v[0];
   size[1] = v[1];
 }
@@ -46,6 +38,75 @@ unsigned known_dim(const std::vector<std::vector<unsigned>>& in, int index, size
   return in[index][axis];
 }
 
+/*! \brief Checks a 4-D data shape against the parameters and the kernels' 32-bit planes. */
+void check_data_shape(const AttrReader& r, const PSROIPoolParam& p, const Shape64& ds) {
+  const int gh = p.group_size[0], gw = p.group_size[1];
+  // output_dim*Gh*Gw < 2^94: equal to ds[1] iff at most ds[1] and more than ds[1] - 1.
+  const bool fits = product_at_most({p.output_dim, gh, gw}, INT64_MAX);
+  const std::string group_cells =
+      gh == gw ? "output_dim*group_size^2 = " + std::to_string(p.output_dim) + "*" +
+                     std::to_string(gh) + "^2"
+               : "output_dim*group_h*group_w = " + std::to_string(p.output_dim) + "*" +
+                     std::to_string(gh) + "*" + std::to_string(gw);
+  require(r, product_at_most({p.output_dim, gh, gw}, ds[1]) &&
+                 !product_at_most({p.output_dim, gh, gw}, ds[1] - 1),
+          "input 'data' has " + std::to_string(ds[1]) + " channels but " + group_cells +
+              (fits ? " = " + std::to_string(int64_t{p.output_dim} * gh * gw) : std::string()) +
+              " were expected");
+  // A 0 is a real size under numpy shape semantics: no images or no RoIs give an empty output,
+  // but a bin must have a plane to sample from.
+  require(r, ds[2] > 0 && ds[3] > 0,
+          "input 'data' has shape " + shape_str(ds) + ": height and width must be >= 1");
+  // Bilinear corner offsets are 32-bit within one channel plane.
+  require(r, product_at_most({ds[2], ds[3]}, INT_MAX - 1),
+          "input 'data' planes of more than 2^31-1 pixels are not supported, got H x W = " +
+              std::to_string(ds[2]) + " x " + std::to_string(ds[3]));
+}
+
+/*! \brief Checks the number of classes (from input `source`) and the output's size. */
+void check_classes_and_output(const AttrReader& r, const PSROIPoolParam& p, int64_t rois,
+                              int64_t classes, const char* source) {
+  require(r, classes != 0,
+          "input '" + std::string(source) + "' has no classes: num_classes must be >= 1");
+  require(r, p.output_dim % classes == 0,
+          "parameter 'output_dim' (" + std::to_string(p.output_dim) +
+              ") must be divisible by the number of classes (" + std::to_string(classes) +
+              ") of input '" + source + "'");
+  // Output elements are indexed in 64 bits.
+  require(r, product_at_most({rois, p.output_dim, p.pooled_size[0], p.pooled_size[1]},
+                             INT64_MAX),
+          "the output (R, output_dim, pooled_h, pooled_w) would have more than 2^63-1 elements");
+}
+
+/*! \brief The geometry of a call on data of shape `ds`, with `rois` RoIs of `classes` classes. */
+PSROIPoolGeometry make_geometry(const PSROIPoolParam& p, const Shape64& ds, int64_t rois,
+                                int64_t classes) {
+  PSROIPoolGeometry g;
+  g.batch = ds[0];
+  g.channels = ds[1];
+  g.height = ds[2];
+  g.width = ds[3];
+  g.rois = rois;
+  g.output_dim = p.output_dim;
+  g.group_h = p.group_size[0];
+  g.group_w = p.group_size[1];
+  g.pooled_h = p.pooled_size[0];
+  g.pooled_w = p.pooled_size[1];
+  g.part_h = p.part_size[0];
+  g.part_w = p.part_size[1];
+  g.sample_per_part = p.sample_per_part;
+  g.num_classes = static_cast<int>(classes);
+  g.spatial_scale = p.spatial_scale;
+  g.trans_std = p.trans_std;
+  return g;
+}
+
+TensorSpec output_spec(const PSROIPoolGeometry& g) {
+  const Shape64 shape = {g.rois, g.output_dim, g.pooled_h, g.pooled_w};
+  return TensorSpec{"the output", shape,
+                    shape_str(shape) + " = (R, output_dim, pooled_h, pooled_w) was expected"};
+}
+
 }  // namespace
 
 PSROIPoolParam PSROIPoolParam::parse(const AttrMap& attrs) {
@@ -56,11 +117,14 @@ PSROIPoolParam PSROIPoolParam::parse(const AttrMap& attrs) {
           "parameter 'spatial_scale' is required (expected a positive number, e.g. 0.0625 for "
           "a stride-16 feature map)");
   p.spatial_scale = r.real("spatial_scale", 0.f);
-  p.output_dim = r.integer("output_dim", true);
-  read_size(&r, "group_size", true, nullptr, p.group_size);
-  read_size(&r, "pooled_size", true, nullptr, p.pooled_size);
-  read_size(&r, "part_size", false, "pooled_size", p.part_size);
-  p.sample_per_part = r.integer("sample_per_part", false, 1);
+  const IntRange positive;  // [1, 2^31 - 1]
+  p.output_dim = r.integer("output_dim", true, 0, positive);
+  read_size(&r, "group_size", true, positive, p.group_size);
+  read_size(&r, "pooled_size", true, positive, p.pooled_size);
+  read_size(&r, "part_size", false, IntRange{0, INT_MAX, "0 means pooled_size"}, p.part_size);
+  p.sample_per_part = r.integer(
+      "sample_per_part", false, 1,
+      IntRange{1, kMaxSamplePerPart, "a bin averages S x S samples; see the README"});
   p.trans_std = r.real("trans_std", 0.f);
   p.no_trans = r.boolean("no_trans", false);
   p.no_mask = r.boolean("no_mask", false);
@@ -68,10 +132,6 @@ PSROIPoolParam PSROIPoolParam::parse(const AttrMap& attrs) {
 
   require(r, p.spatial_scale > 0, "parameter 'spatial_scale' must be positive, got " +
           std::to_string(p.spatial_scale));
-  require(r, p.output_dim > 0, "parameter 'output_dim' must be >= 1, got " +
-          std::to_string(p.output_dim));
-  require(r, p.sample_per_part > 0, "parameter 'sample_per_part' must be >= 1, got " +
-          std::to_string(p.sample_per_part));
   for (int d = 0; d < 2; ++d)
     if (p.part_size[d] == 0) p.part_size[d] = p.pooled_size[d];
   return p;
@@ -97,24 +157,8 @@ std::vector<unsigned> PSROIPoolParam::infer_shapes(
           "the shape of input 'data' must be known and 4-D (N, output_dim*group_size^2, H, W) to "
           "infer shapes, got " + (ds.empty() ? std::string("unknown") : shape_str(ds)) +
           "; give it to infer_shape or to the variable (shape=...)");
-  const uint64_t channels =
-      static_cast<uint64_t>(output_dim) * static_cast<uint64_t>(group_size[0]) * group_size[1];
-  const std::string group_cells =
-      group_size[0] == group_size[1]
-          ? "output_dim*group_size^2 = " + std::to_string(output_dim) + "*" +
-                std::to_string(group_size[0]) + "^2"
-          : "output_dim*group_h*group_w = " + std::to_string(output_dim) + "*" +
-                std::to_string(group_size[0]) + "*" + std::to_string(group_size[1]);
-  require(r, ds[1] == channels,
-          "input 'data' has " + std::to_string(ds[1]) + " channels but " + group_cells + " = " +
-          std::to_string(channels) + " were expected");
-  // A 0 is a real size under numpy shape semantics: no images or no RoIs give an empty output,
-  // but a bin must have a plane to sample from.
-  require(r, ds[2] > 0 && ds[3] > 0,
-          "input 'data' has shape " + shape_str(ds) + ": height and width must be >= 1");
-  // Bilinear corner offsets are 32-bit within one channel plane.
-  require(r, static_cast<uint64_t>(ds[2]) * ds[3] < INT_MAX,
-          "input 'data' planes of more than 2^31 pixels are not supported");
+  const Shape64 data_shape = {ds[0], ds[1], ds[2], ds[3]};
+  check_data_shape(r, *this, data_shape);
 
   unsigned num_rois = known_dim(in, 1, 2, 0);
   if (num_rois == kUnknown) num_rois = known_dim(in, trans_index(), 4, 0);
@@ -134,51 +178,81 @@ std::vector<unsigned> PSROIPoolParam::infer_shapes(
             "the number of classes is unknown: give the shape of input '" +
             std::string(no_trans ? "mask" : "trans") + "' (R, " + (no_trans ? "" : "2*") +
             "num_classes, part_h, part_w)");
-    require(r, classes != 0,
-            "input '" + std::string(no_trans ? "mask" : "trans") +
-            "' has no classes: num_classes must be >= 1");
-    require(r, output_dim % classes == 0,
-            "parameter 'output_dim' (" + std::to_string(output_dim) +
-            ") must be divisible by the number of classes (" + std::to_string(classes) +
-            ") of input '" + (no_trans ? "mask" : "trans") + "'");
   }
+  check_classes_and_output(r, *this, num_rois, classes, no_trans ? "mask" : "trans");
 
-  const unsigned part_h = static_cast<unsigned>(part_size[0]);
-  const unsigned part_w = static_cast<unsigned>(part_size[1]);
-  const std::string part_note = " with part_size = " + size_str(part_size);
-  complete_shape(r, "rois", &in[1], {num_rois, 5}, "(R, 5), [batch_index, x1, y1, x2, y2] per RoI");
-  if (!no_trans)
-    complete_shape(r, "trans", &in[trans_index()], {num_rois, 2 * classes, part_h, part_w},
-                   "(R, 2*num_classes, part_h, part_w)" + part_note);
-  if (!no_mask)
-    complete_shape(r, "mask", &in[mask_index()], {num_rois, classes, part_h, part_w},
-                   "(R, num_classes, part_h, part_w)" + part_note);
-  return {num_rois, static_cast<unsigned>(output_dim), static_cast<unsigned>(pooled_size[0]),
-          static_cast<unsigned>(pooled_size[1])};
+  const PSROIPoolGeometry g = make_geometry(*this, data_shape, num_rois, classes);
+  const std::vector<TensorSpec> specs = input_specs(g);
+  for (size_t i = 1; i < specs.size(); ++i) complete_shape(r, specs[i], &in[i]);
+  return to_shape(output_spec(g).shape);
 }
 
-PSROIPoolGeometry PSROIPoolParam::geometry(
-    const std::vector<std::vector<int64_t>>& input_shapes) const {
-  const auto& ds = input_shapes[0];
-  PSROIPoolGeometry g;
-  g.batch = ds[0];
-  g.channels = ds[1];
-  g.height = ds[2];
-  g.width = ds[3];
-  g.rois = input_shapes[1][0];
-  g.output_dim = output_dim;
-  g.group_h = group_size[0];
-  g.group_w = group_size[1];
-  g.pooled_h = pooled_size[0];
-  g.pooled_w = pooled_size[1];
-  g.part_h = part_size[0];
-  g.part_w = part_size[1];
-  g.sample_per_part = sample_per_part;
-  g.num_classes = !no_trans ? static_cast<int>(input_shapes[trans_index()][1] / 2)
-                  : !no_mask ? static_cast<int>(input_shapes[mask_index()][1])
-                             : 1;
-  g.spatial_scale = spatial_scale;
-  g.trans_std = trans_std;
+PSROIPoolGeometry PSROIPoolParam::geometry(const std::vector<Shape64>& input_shapes) const {
+  const int64_t classes = !no_trans ? input_shapes[trans_index()][1] / 2
+                          : !no_mask ? input_shapes[mask_index()][1]
+                                     : 1;
+  return make_geometry(*this, input_shapes[0], input_shapes[1][0], classes);
+}
+
+PSROIPoolGeometry PSROIPoolParam::checked_geometry(const std::vector<Shape64>& shapes) const {
+  AttrReader r(kOpName);
+  const Shape64& ds = shapes[0];
+  require(r, ds.size() == 4 && ds[0] >= 0,
+          "input 'data' must be 4-D (N, output_dim*group_size^2, H, W), got shape " +
+              shape_str(ds));
+  check_data_shape(r, *this, ds);
+  require(r, shapes[1].size() == 2,
+          "input 'rois' must be 2-D (R, 5), got shape " + shape_str(shapes[1]));
+  const int classes_from = no_trans ? mask_index() : trans_index();
+  if (classes_from >= 0) {
+    const Shape64& cs = shapes[classes_from];
+    require(r, cs.size() == 4 && (no_trans || cs[1] % 2 == 0),
+            "input '" + std::string(no_trans ? "mask" : "trans") + "' has shape " +
+                shape_str(cs) + " but (R, " + (no_trans ? "" : "2*") +
+                "num_classes, part_h, part_w) was expected");
+  }
+  const PSROIPoolGeometry g = geometry(shapes);
+  check_classes_and_output(r, *this, g.rois, g.num_classes, no_trans ? "mask" : "trans");
+  return g;
+}
+
+std::vector<TensorSpec> PSROIPoolParam::input_specs(const PSROIPoolGeometry& g) const {
+  const index_t rois = g.rois, classes = g.num_classes, part_h = g.part_h, part_w = g.part_w;
+  const std::string part_note = " with part_size = " + size_str(part_size);
+  std::vector<TensorSpec> specs = {
+      input_spec("data", {g.batch, g.channels, g.height, g.width},
+                 "(N, output_dim*group_h*group_w, H, W)"),
+      input_spec("rois", {rois, 5}, "(R, 5), [batch_index, x1, y1, x2, y2] per RoI")};
+  if (!no_trans)
+    specs.push_back(input_spec("trans", {rois, 2 * classes, part_h, part_w},
+                               "(R, 2*num_classes, part_h, part_w)" + part_note));
+  if (!no_mask)
+    specs.push_back(input_spec("mask", {rois, classes, part_h, part_w},
+                               "(R, num_classes, part_h, part_w)" + part_note));
+  return specs;
+}
+
+PSROIPoolGeometry PSROIPoolParam::check_forward_tensors(const std::vector<TensorInfo>& inputs,
+                                                        const std::vector<TensorInfo>& outputs,
+                                                        const std::string& device_type) const {
+  AttrReader r(kOpName);
+  check_tensor_counts(r, false, inputs.size(), outputs.size(), num_inputs());
+  std::vector<Shape64> shapes;
+  for (const TensorInfo& t : inputs) shapes.push_back(t.shape);
+  const PSROIPoolGeometry g = checked_geometry(shapes);
+  check_forward_call(r, device_type, inputs, outputs, input_specs(g), output_spec(g));
+  return g;
+}
+
+PSROIPoolGeometry PSROIPoolParam::check_backward_tensors(const std::vector<TensorInfo>& inputs,
+                                                         const std::vector<TensorInfo>& outputs,
+                                                         const std::string& device_type) const {
+  AttrReader r(kOpName);
+  check_tensor_counts(r, true, inputs.size(), outputs.size(), num_inputs());
+  std::vector<Shape64> shapes;
+  for (int i = 0; i < num_inputs(); ++i) shapes.push_back(inputs[1 + i].shape);
+  const PSROIPoolGeometry g = checked_geometry(shapes);
+  check_backward_call(r, device_type, inputs, outputs, input_specs(g), output_spec(g));
   return g;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/attrs.h"
+#include "common/shapes.h"
 #include "psroi_pooling_kernel.h"
 
 namespace dcnv2_mx {
@@ -23,6 +24,16 @@ namespace dcnv2_mx {
  */
 struct PSROIPoolParam {
   static constexpr const char* kOpName = "ModulatedDeformablePSROIPooling";
+
+  /*!
+   * \brief The largest `sample_per_part`. A bin averages S x S samples, so a call costs S^2 times
+   *        as much as with one sample; published models use S = 4 (16 samples). S = 64 (4,096
+   *        samples, 256 times S = 4) spaces the samples of a bin spanning a whole 64-pixel
+   *        feature map one pixel apart, where more samples no longer add detail to a bilinear
+   *        map, and keeps the slowest call within seconds where S = 3,000 took 4 s per small
+   *        call and S = 50,000 hours (a typo then looked like a hang that Ctrl-C cannot stop).
+   */
+  static constexpr int kMaxSamplePerPart = 64;
 
   float spatial_scale = 0.f;  //!< feature map size / image size, e.g. 1/16
   int output_dim = 0;
@@ -53,7 +64,35 @@ struct PSROIPoolParam {
   std::vector<unsigned> infer_shapes(std::vector<std::vector<unsigned>>* in_shapes) const;
 
   /*! \brief Geometry of one call from the (checked) shapes of its inputs. */
-  PSROIPoolGeometry geometry(const std::vector<std::vector<int64_t>>& input_shapes) const;
+  PSROIPoolGeometry geometry(const std::vector<Shape64>& input_shapes) const;
+
+  /*!
+   * \brief The geometry of a call on inputs of shapes `input_shapes` (positional order), after
+   *        checking the data shape against the parameters, the ranks of the other inputs and
+   *        the sizes the kernels index. The other shapes are checked against input_specs().
+   */
+  PSROIPoolGeometry checked_geometry(const std::vector<Shape64>& input_shapes) const;
+
+  /*! \brief The shapes of the inputs of a call of geometry `g`, in positional order. */
+  std::vector<TensorSpec> input_specs(const PSROIPoolGeometry& g) const;
+
+  /*!
+   * \brief Checks the tensors MXNet hands a forward call on a `device_type` ("cpu" or "gpu")
+   *        device, before any kernel reads them: their number, and the shape, dtype and device
+   *        of each input and of the output. Returns the call's geometry.
+   */
+  PSROIPoolGeometry check_forward_tensors(const std::vector<TensorInfo>& inputs,
+                                          const std::vector<TensorInfo>& outputs,
+                                          const std::string& device_type) const;
+
+  /*!
+   * \brief The same for a backward call, whose inputs are the output gradient (head gradient),
+   *        the forward inputs and the forward output, and whose outputs are the gradients of
+   *        the forward inputs.
+   */
+  PSROIPoolGeometry check_backward_tensors(const std::vector<TensorInfo>& inputs,
+                                           const std::vector<TensorInfo>& outputs,
+                                           const std::string& device_type) const;
 };
 
 }  // namespace dcnv2_mx

@@ -18,11 +18,12 @@ std::string trim(const std::string& s) {
   return s.substr(b, e - b);
 }
 
-bool parse_int(const std::string& text, long* value) {
+/*! \brief Parses an integer; one beyond the range of long long reads as that type's limit. */
+bool parse_int(const std::string& text, long long* value) {
   const std::string t = trim(text);
   if (t.empty()) return false;
   char* end = nullptr;
-  const long v = std::strtol(t.c_str(), &end, 10);
+  const long long v = std::strtoll(t.c_str(), &end, 10);  // saturates: out of every range
   // Python may print an integer-valued number as "3L" (old) or "3.0" from float arithmetic.
   std::string rest = trim(end);
   if (rest == "L" || rest == ".0") rest.clear();
@@ -43,8 +44,28 @@ const std::string* AttrReader::find(const std::string& key, bool required, const
   return &it->second;
 }
 
+int AttrReader::parse_in_range(const std::string& key, const std::string& raw,
+                               const std::string& item, const std::string& expected,
+                               IntRange range) const {
+  long long v = 0;
+  if (!parse_int(item, &v)) fail("parameter '" + key + "' = '" + raw + "': expected " + expected);
+  if (v < range.min || v > range.max) {
+    std::ostringstream msg;
+    msg << "parameter '" << key << "' must be ";
+    if (v < range.min)
+      msg << ">= " << range.min;
+    else
+      msg << "<= " << range.max;
+    if (range.note) msg << " (" << range.note << ")";
+    msg << ", got " << trim(item);
+    if (v > range.max && range.max == INT_MAX) msg << " (parameters are 32-bit integers)";
+    fail(msg.str());
+  }
+  return static_cast<int>(v);
+}
+
 std::vector<int> AttrReader::int_tuple(const std::string& key, size_t arity, bool required,
-                                       std::vector<int> fallback) {
+                                       std::vector<int> fallback, IntRange range) {
   std::ostringstream expected;
   expected << "a tuple of " << arity << " integers, e.g. (3, 3)";
   const std::string* raw = find(key, required, expected.str().c_str());
@@ -57,9 +78,7 @@ std::vector<int> AttrReader::int_tuple(const std::string& key, size_t arity, boo
   std::string item;
   while (std::getline(ss, item, ',')) {
     if (trim(item).empty()) continue;  // "(3,)"
-    long v = 0;
-    if (!parse_int(item, &v)) fail("parameter '" + key + "' = '" + *raw + "': expected " + expected.str());
-    values.push_back(static_cast<int>(v));
+    values.push_back(parse_in_range(key, *raw, item, expected.str(), range));
   }
   if (values.size() == 1 && arity > 1) values.assign(arity, values[0]);
   if (values.size() != arity)
@@ -67,12 +86,10 @@ std::vector<int> AttrReader::int_tuple(const std::string& key, size_t arity, boo
   return values;
 }
 
-int AttrReader::integer(const std::string& key, bool required, int fallback) {
+int AttrReader::integer(const std::string& key, bool required, int fallback, IntRange range) {
   const std::string* raw = find(key, required, "an integer");
   if (raw == nullptr) return fallback;
-  long v = 0;
-  if (!parse_int(*raw, &v)) fail("parameter '" + key + "' = '" + *raw + "': expected an integer");
-  return static_cast<int>(v);
+  return parse_in_range(key, *raw, *raw, "an integer", range);
 }
 
 float AttrReader::real(const std::string& key, float fallback) {

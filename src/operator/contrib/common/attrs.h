@@ -8,6 +8,7 @@
 #ifndef DCNV2_MX_COMMON_ATTRS_H_
 #define DCNV2_MX_COMMON_ATTRS_H_
 
+#include <climits>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -15,6 +16,18 @@
 namespace dcnv2_mx {
 
 using AttrMap = std::unordered_map<std::string, std::string>;
+
+/*!
+ * \brief The values an integer parameter accepts, [min, max], and what a value at the low end
+ *        means when that needs saying (e.g. "0 means pooled_size"). Every integer parameter
+ *        has one: the operators store parameters as int, and a value past the range must be an
+ *        error rather than wrap around.
+ */
+struct IntRange {
+  long long min = 1;
+  long long max = INT_MAX;
+  const char* note = nullptr;
+};
 
 /*! \brief Reads the attributes of one operator call and remembers which ones were used. */
 class AttrReader {
@@ -25,10 +38,14 @@ class AttrReader {
   /*! \brief A reader of no attributes, for the messages of fail() alone. */
   explicit AttrReader(std::string op_name) : AttrReader(std::move(op_name), no_attrs()) {}
 
-  /*! \brief An integer tuple of exactly `arity` elements (a single integer is repeated). */
+  /*!
+   * \brief An integer tuple of exactly `arity` elements (a single integer is repeated), each in
+   *        `range`.
+   */
   std::vector<int> int_tuple(const std::string& key, size_t arity, bool required,
-                             std::vector<int> fallback = {});
-  int integer(const std::string& key, bool required, int fallback = 0);
+                             std::vector<int> fallback, IntRange range);
+  /*! \brief An integer in `range`. */
+  int integer(const std::string& key, bool required, int fallback, IntRange range);
   float real(const std::string& key, float fallback);
   bool boolean(const std::string& key, bool fallback);
   std::string text(const std::string& key, const std::string& fallback);
@@ -45,6 +62,9 @@ class AttrReader {
     return empty;
   }
   const std::string* find(const std::string& key, bool required, const char* expected);
+  /*! \brief Parses one integer `item` of parameter `key` (given as `raw`) within `range`. */
+  int parse_in_range(const std::string& key, const std::string& raw, const std::string& item,
+                     const std::string& expected, IntRange range) const;
 
   std::string op_;
   const AttrMap& attrs_;

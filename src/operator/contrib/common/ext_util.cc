@@ -3,37 +3,11 @@
 #include <cctype>
 #include <climits>
 #include <cstdlib>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 
 namespace dcnv2_mx {
-
-namespace {
-
-// MXNet 1.9 appends every extension error to one list that it never clears, so each error
-// would also repeat every earlier one. The list is private; an explicit template instantiation
-// may name private members ([temp.spec]/6), which reaches it without patching MXNet's header.
-using MessageList = std::vector<std::stringstream*>;
-using MessageListMember = MessageList mxnet::ext::MXerrorMsgs::*;
-MessageListMember message_list();
-template <MessageListMember kMember>
-struct MessageListAccess {
-  friend MessageListMember message_list() { return kMember; }
-};
-template struct MessageListAccess<&mxnet::ext::MXerrorMsgs::messages>;
-
-}  // namespace
-
-void report_error(const char* op_name, const std::string& message) {
-  MessageList& earlier = mxnet::ext::MXerrorMsgs::get()->*message_list();
-  for (std::stringstream* m : earlier) delete m;
-  earlier.clear();
-  // Messages of the parameter and shape checks already start with the operator name.
-  if (message.rfind(op_name, 0) == 0)
-    MX_ERROR_MSG << message;
-  else
-    MX_ERROR_MSG << op_name << ": " << message;
-}
 
 // dtype.h's codes are MXNet's.
 static_assert(static_cast<int>(DType::kFloat32) == mxnet::ext::kFloat32 &&
@@ -96,15 +70,36 @@ OpCall op_call(bool backward, const std::vector<mxnet::ext::MXTensor>& inputs,
   return call;
 }
 
+std::vector<TensorInfo> describe(const std::vector<mxnet::ext::MXTensor>& tensors) {
+  std::vector<TensorInfo> infos;
+  for (const mxnet::ext::MXTensor& t : tensors)
+    infos.push_back({t.shape, dtype_name(t.dtype), t.ctx.dev_type, t.ctx.dev_id});
+  return infos;
+}
+
 CallHost call_host(const mxnet::ext::OpResource& res, const mxnet::ext::MXTensor& tensor,
                    bool gpu) {
   CallHost host;
-  host.alloc = [&res, gpu](size_t bytes) {
-    if (bytes > static_cast<size_t>(INT_MAX))
+  // The CPU block beyond MXNet's int: shared by the copies of host.alloc, so it lives as long
+  // as the CallHost (the call).
+  auto own = std::make_shared<std::unique_ptr<void, void (*)(void*)>>(nullptr, std::free);
+  host.alloc = [&res, gpu, own](size_t bytes) {
+    void* ptr = nullptr;
+    if (bytes <= static_cast<size_t>(INT_MAX)) {
+      ptr = gpu ? res.alloc_gpu(static_cast<int>(bytes)) : res.alloc_cpu(static_cast<int>(bytes));
+    } else if (gpu) {
       throw std::invalid_argument(
           "the call needs " + std::to_string(bytes) + " bytes of temporary memory in one "
           "block, more than MXNet's limit of one temporary allocation (2 GiB)");
-    return gpu ? res.alloc_gpu(static_cast<int>(bytes)) : res.alloc_cpu(static_cast<int>(bytes));
+    } else {
+      own->reset(std::aligned_alloc(kScratchAlignment, align_up(bytes)));  // size: a multiple
+      ptr = own->get();
+    }
+    if (ptr == nullptr && bytes > 0)
+      throw std::runtime_error("could not allocate " + std::to_string(bytes >> 20) +
+                               " MiB of scratch memory: lower 'workspace' to work in smaller "
+                               "tiles");
+    return ptr;
   };
   if (gpu) {
     host.stream = res.get_cuda_stream();

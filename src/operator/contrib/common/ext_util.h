@@ -17,11 +17,13 @@
 
 #include <exception>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "attrs.h"
 #include "mxnet/lib_api.h"
 #include "op_adapter.h"
+#include "shapes.h"
 #if DCNV2_MX_WITH_CUDA
 #include "../cuda/cuda_common.h"
 #endif
@@ -68,7 +70,34 @@ bool enforce_determinism();
 OpCall op_call(bool backward, const std::vector<mxnet::ext::MXTensor>& inputs,
                const std::vector<mxnet::ext::MXTensor>& outputs);
 
-/*! \brief What MXNet's resource gives a call on the CPU (or, `gpu`, the GPU) with `tensor`. */
+/*! \brief What the parameter checks need to know of each tensor of a call. */
+std::vector<TensorInfo> describe(const std::vector<mxnet::ext::MXTensor>& tensors);
+
+/*!
+ * \brief Checks every tensor MXNet hands a compute call of parameters `p` on the CPU (or, `gpu`,
+ *        the GPU) before run() reads any: their number, and the shape, dtype and device of each,
+ *        the head gradient included (Param::check_forward_tensors, check_backward_tensors).
+ */
+template <typename Param>
+void check_call(const Param& p, bool backward, const std::vector<mxnet::ext::MXTensor>& inputs,
+                const std::vector<mxnet::ext::MXTensor>& outputs, bool gpu) {
+  const char* device_type = gpu ? "gpu" : "cpu";
+  if (backward)
+    p.check_backward_tensors(describe(inputs), describe(outputs), device_type);
+  else
+    p.check_forward_tensors(describe(inputs), describe(outputs), device_type);
+}
+
+/*!
+ * \brief What MXNet's resource gives a call on the CPU (or, `gpu`, the GPU) with `tensor`.
+ *
+ *        The scratch block: MXNet's temporary space when it fits OpResource's int-sized
+ *        requests. Every request of a call returns that same space (MXNet 1.9's kTempSpace
+ *        resource, resized on demand), so a larger block cannot be assembled from several: on
+ *        the CPU it is a 64-byte aligned heap block of the host's own, freed with the returned
+ *        CallHost at the end of the call; the GPU refuses it. Either way its size is what the
+ *        planner chose within `workspace`.
+ */
 CallHost call_host(const mxnet::ext::OpResource& res, const mxnet::ext::MXTensor& tensor,
                    bool gpu);
 
@@ -105,9 +134,11 @@ mxnet::ext::MXReturnValue compute(const AttrMap& attrs,
                                   std::vector<mxnet::ext::MXTensor>* outputs,
                                   const mxnet::ext::OpResource& res) {
   return guarded(Op::kName, [&] {
+    constexpr bool kGpu = !std::is_same<Device, Cpu>::value;
     const typename Op::Param p = Op::parse(attrs);
+    check_call(p, kBackward, *inputs, *outputs, kGpu);
     const OpCall call = op_call(kBackward, *inputs, *outputs);
-    run<Op, Device>(p, call, call_host(res, inputs->at(0), !std::is_same<Device, Cpu>::value));
+    run<Op, Device>(p, call, call_host(res, inputs->at(0), kGpu));
   });
 }
 

@@ -29,7 +29,11 @@ inline size_t align_up(size_t bytes) {
   return (bytes + kScratchAlignment - 1) & ~(kScratchAlignment - 1);
 }
 
-/*! \brief The part of a budget one scratch block can have: MXNet's allocator takes an int. */
+/*!
+ * \brief The part of a budget one scratch block can have where it must come from MXNet's
+ *        allocator, which takes an int: on the GPU. (A CPU call's host allocates a larger block
+ *        itself: see call_host in ext_util.h.)
+ */
 inline size_t scratch_budget(size_t budget_bytes) {
   return std::min(budget_bytes, static_cast<size_t>(INT_MAX));
 }

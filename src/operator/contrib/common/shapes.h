@@ -11,6 +11,8 @@
 #ifndef DCNV2_MX_COMMON_SHAPES_H_
 #define DCNV2_MX_COMMON_SHAPES_H_
 
+#include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -18,10 +20,20 @@
 
 namespace dcnv2_mx {
 
+/*! \brief A shape as shape inference sees it (MXNet's extension API: 32-bit dimensions). */
 using Shape = std::vector<unsigned>;
+/*! \brief A shape as a forward or backward call sees it. */
+using Shape64 = std::vector<int64_t>;
 
 /*! \brief "(2, 18, 5, 5)", with "?" for unknown dimensions. */
 std::string shape_str(const Shape& s);
+std::string shape_str(const Shape64& s);
+
+/*!
+ * \brief True if the product of `factors` (each >= 0) is at most `limit`, computed without
+ *        overflow: derived sizes are checked with it before anything multiplies them.
+ */
+bool product_at_most(std::initializer_list<int64_t> factors, int64_t limit);
 
 /*! \brief Whether a dimension is known (0 included: an empty dimension under numpy shapes). */
 bool dim_known(unsigned d);
@@ -29,12 +41,64 @@ bool dim_known(unsigned d);
 /*! \brief True if every dimension of a shape of `ndim` dimensions is known. */
 bool shape_known(const Shape& s, size_t ndim);
 
+/*! \brief What a forward or backward call knows of one of its tensors, apart from its memory. */
+struct TensorInfo {
+  Shape64 shape;
+  std::string dtype;        //!< "float32", ...
+  std::string device_type;  //!< "cpu" or "gpu"
+  int device_id = 0;
+};
+
+/*! \brief What a call expects of one tensor: its role in messages, its shape, and the phrase that
+ *         says what the shape is when it differs (e.g. "the output is (2, 4, 5, 5)"). */
+struct TensorSpec {
+  std::string role;
+  Shape64 shape;
+  std::string expectation;
+};
+
+/*! \brief The spec of input `name`: "input 'offset' ... (1, 18, 5, 5) = `meaning` was expected". */
+TensorSpec input_spec(const std::string& name, const Shape64& shape, const std::string& meaning);
+
+/*! \brief A shape of dimensions that shape inference can pass (each checked to be < 2^31). */
+Shape to_shape(const Shape64& shape);
+
 /*!
- * \brief Completes the unknown dimensions of input `name` from `expected`, or throws (through
- *        `r`) naming the input, its shape, the expected shape and what it means.
+ * \brief Completes the unknown dimensions of an input's shape `given` from its spec, or throws
+ *        (through `r`) naming the input, its shape and the expected one.
  */
-void complete_shape(const AttrReader& r, const std::string& name, Shape* given,
-                    const Shape& expected, const std::string& meaning);
+void complete_shape(const AttrReader& r, const TensorSpec& spec, Shape* given);
+
+/*!
+ * \brief Throws (through `r`) unless a call of an operator with `forward_inputs` inputs and one
+ *        output has as many tensors as it should: forward, the inputs and the output; backward,
+ *        the output gradient, the inputs and the output, and a gradient per input. MXNet
+ *        decides their number, and nothing may index past it.
+ */
+void check_tensor_counts(const AttrReader& r, bool backward, size_t inputs, size_t outputs,
+                         int forward_inputs);
+
+/*!
+ * \brief Checks every tensor of a forward call (`inputs`, then the one output) against the specs
+ *        of the inputs and of the output, before any kernel reads memory: each must be on a
+ *        `device_type` device, the device of the first input, have its dtype, and have exactly
+ *        the spec's shape. Throws (through `r`) naming the first tensor that does not. The
+ *        tensor counts must have been checked.
+ */
+void check_forward_call(const AttrReader& r, const std::string& device_type,
+                        const std::vector<TensorInfo>& inputs,
+                        const std::vector<TensorInfo>& outputs,
+                        const std::vector<TensorSpec>& input_specs, const TensorSpec& output_spec);
+
+/*!
+ * \brief The same for a backward call: inputs are the output gradient (head gradient), the
+ *        forward inputs and the forward output; outputs the gradients of the forward inputs.
+ */
+void check_backward_call(const AttrReader& r, const std::string& device_type,
+                         const std::vector<TensorInfo>& inputs,
+                         const std::vector<TensorInfo>& outputs,
+                         const std::vector<TensorSpec>& input_specs,
+                         const TensorSpec& output_spec);
 
 }  // namespace dcnv2_mx
 

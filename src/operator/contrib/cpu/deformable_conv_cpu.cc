@@ -19,6 +19,12 @@
  * (G, F/G, K, C/G) to match; the forward GEMM produces a pixel-major (pixels, F) tile (the
  * fastest GEMM shape here), transposed into the output while it is in cache.
  *
+ * Large images: when the block copies (and in backward each thread's image gradient) do not
+ * fit `workspace`, the call runs "direct" (CpuTilePlan::image_copies false): the sampling loops
+ * read the NCHW input itself, and the data gradient is scattered into the output in rounds, one
+ * tile per thread each: after a barrier every thread adds all threads' tiles, in thread order,
+ * to its own range of channels. Scratch then holds only the tiles, whatever the image's size.
+ *
  * Per tile the bilinear sample of every (deformable group, tap, pixel) is computed once and
  * reused for all channels of the group. Every element is written by one thread in a fixed
  * order and the per-thread partial sums are added in thread order, so results are bit-identical
@@ -33,9 +39,12 @@
 
 #include "../deformable_conv_kernel.h"
 #include "blas.h"
+#include "isa_dispatch.h"
 #include "threads.h"
 
 namespace dcnv2_mx {
+// Compiled once per instruction set, each into its own namespace (see isa_dispatch.h).
+namespace DCNV2_MX_ISA_NAMESPACE {
 
 namespace {
 
@@ -64,7 +73,8 @@ struct ThreadBuffers {
   T* col;                        //!< (tile pixels, G, K, C/G)
   T* col_grad;                   //!< the same for its gradient (backward)
   T* out_tile;                   //!< (tile pixels, F): the forward GEMM's result (forward)
-  T* image_grads;                //!< (block images, HW, C): this thread's part (backward)
+  T* image_grads;                //!< (block images, HW, C): this thread's part (backward with
+                                 //!< image copies)
   T* weight_grad;                //!< (G, F/G, K, C/G): this thread's part (backward)
 };
 
@@ -75,7 +85,7 @@ struct ThreadBuffers {
  */
 template <typename T, typename Acc>
 struct CpuBuffers {
-  T* images;  //!< (block images, HW, C), pixel-major
+  T* images;  //!< (block images, HW, C), pixel-major; null when the call runs direct
   T* weight;  //!< (G, F/G, K, C/G): the permuted weight
   std::vector<ThreadBuffers<T, Acc>> threads;
   size_t bytes;  //!< scratch these buffers need
@@ -87,7 +97,7 @@ struct CpuBuffers {
     const size_t weight_n = static_cast<size_t>(g.filters * g.col_rows_per_group());
     const size_t samples_n = static_cast<size_t>(g.deformable_groups * g.taps()) * tile;
     const size_t col_n = static_cast<size_t>(g.channels * g.taps()) * tile;
-    images = carver.take<T>(images_n);
+    images = plan.image_copies ? carver.take<T>(images_n) : nullptr;
     weight = carver.take<T>(weight_n);
     threads.resize(static_cast<size_t>(plan.threads));
     for (ThreadBuffers<T, Acc>& own : threads) {  // each take is 64-byte aligned: no false sharing
@@ -96,7 +106,7 @@ struct CpuBuffers {
       own.col = carver.take<T>(col_n);
       own.col_grad = backward ? carver.take<T>(col_n) : nullptr;
       own.out_tile = backward ? nullptr : carver.take<T>(static_cast<size_t>(g.filters) * tile);
-      own.image_grads = backward ? carver.take<T>(images_n) : nullptr;
+      own.image_grads = backward && plan.image_copies ? carver.take<T>(images_n) : nullptr;
       own.weight_grad = backward ? carver.take<T>(weight_n) : nullptr;
     }
     bytes = carver.bytes_needed();
@@ -160,11 +170,15 @@ void team_transpose_sum(Part&& part, int parts, index_t count, index_t rows, ind
   }
 }
 
-/*! \brief This thread's contiguous share of [0, count). */
-inline void thread_share(index_t count, index_t* begin, index_t* end) {
-  const index_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
+/*! \brief Thread `thread`'s contiguous share of [0, count) among `threads`. */
+inline void share_of(index_t count, int thread, int threads, index_t* begin, index_t* end) {
   *begin = count * thread / threads;
   *end = count * (thread + 1) / threads;
+}
+
+/*! \brief This thread's contiguous share of [0, count). */
+inline void thread_share(index_t count, index_t* begin, index_t* end) {
+  share_of(count, omp_get_thread_num(), omp_get_num_threads(), begin, end);
 }
 
 /*!
@@ -235,8 +249,8 @@ const T* image_mask(const DeformConvGeometry& g, const T* mask, index_t n) {
  *        per sample: 64-bit divisions would dominate this loop.
  */
 template <typename T, typename Acc>
-void build_samples(const DeformConvGeometry& g, const T* offset, const T* mask,
-                   const ThreadTile& tile, const ThreadBuffers<T, Acc>& own) {
+void build_samples(const DeformConvGeometry& g, const T* offset, const T* mask, const ThreadTile& tile,
+                   const ThreadBuffers<T, Acc>& own) {
   const index_t P = g.out_plane(), K = g.taps();
   for (index_t row = 0; row < g.deformable_groups * K; ++row) {  // row = dgroup * K + k
     const index_t dgroup = row / K, k = row - dgroup * K;
@@ -265,11 +279,25 @@ U* image_of(const DeformConvGeometry& g, const ThreadTile& tile, U* images, inde
   return images + ((tile.first + t) / g.out_plane()) * g.in_plane() * g.channels;
 }
 
+/*!
+ * \brief Channel c of an image: pixel-major copies hold it at image + c, one pixel every C
+ *        elements; the NCHW input (kDirect) as a plane at image + c * H * W.
+ */
+template <bool kDirect, typename U>
+U* channel_map(const DeformConvGeometry& g, U* image, index_t c) {
+  return kDirect ? image + c * g.in_plane() : image + c;
+}
+template <bool kDirect>
+index_t pixel_stride(const DeformConvGeometry& g) {
+  return kDirect ? 1 : g.channels;
+}
+
 /*! \brief colT[t, grp, k, c] = m * bilinear(image(t)[c], sample(dgroup(c), k, t)). */
-template <typename T, typename Acc>
+template <bool kDirect, typename T, typename Acc>
 void im2col(const DeformConvGeometry& g, const ChannelRuns& runs, const ThreadTile& tile,
             const T* images, const ThreadBuffers<T, Acc>& own) {
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group();
+  const index_t stride = pixel_stride<kDirect>(g);
   for (index_t t = 0; t < tile.count; ++t) {
     const T* image = image_of(g, tile, images, t);
     T* col_t = own.col + t * C * K;
@@ -280,7 +308,8 @@ void im2col(const DeformConvGeometry& g, const ChannelRuns& runs, const ThreadTi
         const Acc m = own.modulation[srow];
         T* out = col_t + run.col_offset + k * cg - run.c0;
         for (index_t c = run.c0; c < run.c1; ++c)
-          out[c] = static_cast<T>(m * gather<T, Acc>(image + c, s, C));
+          out[c] = static_cast<T>(
+              m * gather<T, Acc>(channel_map<kDirect>(g, image, c), s, stride));
       }
   }
 }
@@ -353,11 +382,12 @@ bool col_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile, const T*
  * \brief Offset and mask gradients of the tile's pixels: sums over the channels of each
  *        deformable group of the column gradient times the sample's position derivatives.
  */
-template <typename T, typename Acc>
+template <bool kDirect, typename T, typename Acc>
 void position_and_mask_grads(const DeformConvGeometry& g, const ChannelRuns& runs,
-                             const ThreadTile& tile, const T* images,
-                             const ThreadBuffers<T, Acc>& own, T* offset_grad, T* mask_grad) {
+                             const ThreadTile& tile, const T* images, const ThreadBuffers<T, Acc>& own,
+                             T* offset_grad, T* mask_grad) {
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group(), P = g.out_plane();
+  const index_t stride = pixel_stride<kDirect>(g);
   for (index_t t = 0; t < tile.count; ++t) {
     const index_t f = tile.first + t, n = tile.n0 + f / P, p = f % P;
     const T* image = image_of(g, tile, images, t);
@@ -374,7 +404,8 @@ void position_and_mask_grads(const DeformConvGeometry& g, const ChannelRuns& run
           auto add = [&](index_t c, int lane) {
             const Acc d = static_cast<Acc>(dcol[c]);
             Acc v, dv_dy, dv_dx;
-            value_and_position_grad<T, Acc>(image + c, s, &v, &dv_dy, &dv_dx, C);
+            value_and_position_grad<T, Acc>(channel_map<kDirect>(g, image, c), s, &v, &dv_dy,
+                                            &dv_dx, stride);
             lane_y[lane] += d * dv_dy;
             lane_x[lane] += d * dv_dx;
             lane_m[lane] += d * v;
@@ -403,23 +434,32 @@ void position_and_mask_grads(const DeformConvGeometry& g, const ChannelRuns& run
   }
 }
 
-/*! \brief This thread's image gradients += the scatter of colT's gradient over the samples. */
-template <typename T, typename Acc>
+/*!
+ * \brief image_grads += the scatter of the column gradient of `tile` (whose samples and column
+ *        gradient are in `src`) over its samples: with image copies into this thread's
+ *        pixel-major part, all channels; direct (kDirect) into the NCHW data gradient of the
+ *        block, channels [c_begin, c_end) only.
+ */
+template <bool kDirect, typename T, typename Acc>
 void col2im(const DeformConvGeometry& g, const ChannelRuns& runs, const ThreadTile& tile,
-            const ThreadBuffers<T, Acc>& own) {
+            const ThreadBuffers<T, Acc>& src, T* image_grads, index_t c_begin, index_t c_end) {
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group();
+  const index_t stride = pixel_stride<kDirect>(g);
   for (index_t t = 0; t < tile.count; ++t) {
-    T* image_grad = image_of(g, tile, own.image_grads, t);
-    const T* dcol_t = own.col_grad + t * C * K;
+    T* image_grad = image_of(g, tile, image_grads, t);
+    const T* dcol_t = src.col_grad + t * C * K;
     for (index_t k = 0; k < K; ++k)
       for (const ChannelRun& run : runs) {
+        const index_t c0 = kDirect ? std::max(run.c0, c_begin) : run.c0;
+        const index_t c1 = kDirect ? std::min(run.c1, c_end) : run.c1;
         const index_t srow = (run.dgroup * K + k) * tile.count + t;
-        const BilinearSample<Acc> s = own.samples[srow];
-        if (!s.valid) continue;
-        const Acc m = own.modulation[srow];
+        const BilinearSample<Acc> s = src.samples[srow];
+        if (!s.valid || (kDirect && c0 >= c1)) continue;
+        const Acc m = src.modulation[srow];
         const T* dcol = dcol_t + run.col_offset + k * cg - run.c0;
-        for (index_t c = run.c0; c < run.c1; ++c)
-          scatter<T, Acc>(image_grad + c, s, m * static_cast<Acc>(dcol[c]), C);
+        for (index_t c = c0; c < c1; ++c)
+          scatter<T, Acc>(channel_map<kDirect>(g, image_grad, c), s,
+                          m * static_cast<Acc>(dcol[c]), stride);
       }
   }
 }
@@ -437,6 +477,26 @@ void for_own_tiles(const DeformConvGeometry& g, const CpuTilePlan& plan, index_t
     body(ThreadTile{n0, first, std::min(plan.tile, end - first)});
 }
 
+/*!
+ * \brief ThreadTile `round` of thread `thread`'s share (of `threads`) of the pixels of images
+ *        [n0, n1): empty (count 0) past the end of the share. Every thread can name every
+ *        thread's tile, which the direct data gradient needs.
+ */
+inline ThreadTile thread_tile(const DeformConvGeometry& g, const CpuTilePlan& plan, index_t n0,
+                        index_t n1, int thread, int threads, index_t round) {
+  index_t begin, end;
+  share_of((n1 - n0) * g.out_plane(), thread, threads, &begin, &end);
+  const index_t first = begin + round * plan.tile;
+  return ThreadTile{n0, first, std::max<index_t>(0, std::min(plan.tile, end - first))};
+}
+
+/*! \brief Rounds of tiles of the largest thread share of images [n0, n1). */
+inline index_t tile_rounds(const DeformConvGeometry& g, const CpuTilePlan& plan, index_t n0,
+                           index_t n1, int threads) {
+  const index_t largest_share = ((n1 - n0) * g.out_plane() + threads - 1) / threads;
+  return (largest_share + plan.tile - 1) / plan.tile;
+}
+
 /*! \brief Calls body(n0, n1) for the blocks of images of a call, in order. */
 template <typename Body>
 void for_blocks(const DeformConvGeometry& g, const CpuTilePlan& plan, Body&& body) {
@@ -449,49 +509,11 @@ void check_gemms(bool ok) {
   if (!ok) throw std::logic_error("the GEMM library rejected its arguments (internal error)");
 }
 
-}  // namespace
 
-template <typename T>
-CpuTilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, size_t budget_bytes,
-                                 size_t reserved_bytes) {
-  using Acc = typename AccType<T>::type;
-  const size_t block = scratch_budget(budget_bytes);
-  const size_t budget = block > reserved_bytes ? block - reserved_bytes : 0;
-  const size_t image = static_cast<size_t>(g.channels * g.in_plane()) * sizeof(T);
-  const size_t col_per_pixel = static_cast<size_t>(g.channels * g.taps()) * sizeof(T);
-  const index_t preferred_tile = static_cast<index_t>(kThreadTileBytes / col_per_pixel) + 1;
-  auto bytes = [&](const CpuTilePlan& plan) {
-    return CpuBuffers<T, Acc>(g, plan, Scratch{nullptr, 0}, backward).bytes;
-  };
-  // Most threads first, then the most images per block up to kBlockBytes of copies (backward
-  // holds one more copy per thread), then the largest tile up to the preferred one.
-  for (int threads = cpu::threads(); threads >= 1; --threads) {
-    const size_t copies = backward ? 1 + threads : 1;
-    index_t images = std::min<index_t>(
-        g.batch, std::max<index_t>(1, static_cast<index_t>(kBlockBytes / (copies * image))));
-    for (; images >= 1; images /= 2) {
-      CpuTilePlan plan{1, images, threads, 0};
-      if (bytes(plan) > budget) continue;
-      const index_t share = (images * g.out_plane() + threads - 1) / threads;
-      index_t lo = 1, hi = std::min(preferred_tile, share);  // largest tile that fits
-      while (lo < hi) {
-        plan.tile = (lo + hi + 1) / 2;
-        if (bytes(plan) <= budget)
-          lo = plan.tile;
-        else
-          hi = plan.tile - 1;
-      }
-      plan.tile = lo;
-      plan.scratch_bytes = bytes(plan);
-      return plan;
-    }
-  }
-  throw_workspace_too_small(budget_bytes, reserved_bytes + bytes(CpuTilePlan{1, 1, 1, 0}));
-}
-
-template <typename T>
-void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
-                             const CpuTilePlan& plan, Scratch scratch) {
+/*! \brief Forward of a call planned with (kDirect false) or without image copies. */
+template <bool kDirect, typename T>
+void forward_blocks(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
+                    const CpuTilePlan& plan, Scratch scratch) {
   using Acc = typename AccType<T>::type;
   const CpuBuffers<T, Acc> buf(g, plan, scratch, false);
   const ChannelRuns runs(g);
@@ -505,11 +527,12 @@ void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwar
       if (n0 > 0) {
 #pragma omp barrier  // every thread is done with the previous block's images
       }
-      team_transpose(a.data + n0 * C * HW, n1 - n0, C, HW, buf.images);
+      if (!kDirect) team_transpose(a.data + n0 * C * HW, n1 - n0, C, HW, buf.images);
 #pragma omp barrier  // the images and the weight are ready
+      const T* images = kDirect ? a.data + n0 * C * HW : buf.images;
       for_own_tiles(g, plan, n0, n1, [&](const ThreadTile& tile) {
         build_samples<T, Acc>(g, a.offset, a.mask, tile, own);
-        im2col<T, Acc>(g, runs, tile, buf.images, own);
+        im2col<kDirect, T, Acc>(g, runs, tile, images, own);
         ok = forward_gemm<T, Acc>(g, tile, buf.weight, own, a.bias, a.out) && ok;
       });
     });
@@ -517,9 +540,10 @@ void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwar
   check_gemms(ok);
 }
 
-template <typename T>
-void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
-                              const CpuTilePlan& plan, Scratch scratch) {
+/*! \brief Backward of a call planned with (kDirect false) or without image copies. */
+template <bool kDirect, typename T>
+void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
+                     const CpuTilePlan& plan, Scratch scratch) {
   using Acc = typename AccType<T>::type;
   const CpuBuffers<T, Acc> buf(g, plan, scratch, true);
   const ChannelRuns runs(g);
@@ -530,37 +554,67 @@ void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackw
   bool ok = true;
 #pragma omp parallel num_threads(plan.threads) reduction(&& : ok)
   {
-    const int team = omp_get_num_threads();
-    const ThreadBuffers<T, Acc>& own = buf.threads[omp_get_thread_num()];
+    const int team = omp_get_num_threads(), me = omp_get_thread_num();
+    const ThreadBuffers<T, Acc>& own = buf.threads[me];
     team_transpose(a.in.weight, g.filters, g.channels_per_group(), g.taps(), buf.weight);
     if (a.weight_grad)
       std::memset(own.weight_grad, 0, sizeof(T) * static_cast<size_t>(g.filters * rows_g));
+    if (kDirect && a.data_grad) {
+#pragma omp for schedule(static) nowait
+      for (index_t plane = 0; plane < g.batch * C; ++plane)
+        std::memset(a.data_grad + plane * HW, 0, sizeof(T) * static_cast<size_t>(HW));
+    }
+    // Everything of one tile but the data gradient's scatter.
+    auto tile_grads = [&](const ThreadTile& tile, const T* images) {
+      build_samples<T, Acc>(g, a.in.offset, a.in.mask, tile, own);
+      if (a.weight_grad) {
+        im2col<kDirect, T, Acc>(g, runs, tile, images, own);
+        ok = weight_grad_gemm<T, Acc>(g, tile, own, a.out_grad) && ok;
+      }
+      if (need_col_grad) {
+        ok = col_grad_gemm<T, Acc>(g, tile, buf.weight, own, a.out_grad) && ok;
+        if (a.offset_grad || a.mask_grad)
+          position_and_mask_grads<kDirect, T, Acc>(g, runs, tile, images, own, a.offset_grad,
+                                                   a.mask_grad);
+      }
+    };
     for_blocks(g, plan, [&](index_t n0, index_t n1) {
       if (n0 > 0) {
 #pragma omp barrier  // every thread is done with the previous block's images and gradients
       }
-      if (need_images) team_transpose(a.in.data + n0 * C * HW, n1 - n0, C, HW, buf.images);
-      if (a.data_grad)
+      if (!kDirect && need_images)
+        team_transpose(a.in.data + n0 * C * HW, n1 - n0, C, HW, buf.images);
+      if (!kDirect && a.data_grad)
         std::memset(own.image_grads, 0, sizeof(T) * static_cast<size_t>((n1 - n0) * C * HW));
-#pragma omp barrier  // the images and the weight are ready
-      for_own_tiles(g, plan, n0, n1, [&](const ThreadTile& tile) {
-        build_samples<T, Acc>(g, a.in.offset, a.in.mask, tile, own);
-        if (a.weight_grad) {
-          im2col<T, Acc>(g, runs, tile, buf.images, own);
-          ok = weight_grad_gemm<T, Acc>(g, tile, own, a.out_grad) && ok;
-        }
-        if (need_col_grad) {
-          ok = col_grad_gemm<T, Acc>(g, tile, buf.weight, own, a.out_grad) && ok;
-          if (a.offset_grad || a.mask_grad)
-            position_and_mask_grads<T, Acc>(g, runs, tile, buf.images, own, a.offset_grad,
-                                            a.mask_grad);
-          if (a.data_grad) col2im<T, Acc>(g, runs, tile, own);
-        }
-      });
-      if (a.data_grad) {
+#pragma omp barrier  // the images and the weight are ready (direct: the data gradient zeroed)
+      if (!kDirect) {
+        for_own_tiles(g, plan, n0, n1, [&](const ThreadTile& tile) {
+          tile_grads(tile, buf.images);
+          if (a.data_grad) col2im<false, T, Acc>(g, runs, tile, own, own.image_grads, 0, C);
+        });
+        if (a.data_grad) {
 #pragma omp barrier  // every thread's image gradients are complete
-        team_transpose_sum<T>([&](int i) -> const T* { return buf.threads[i].image_grads; },
-                              team, n1 - n0, HW, C, a.data_grad + n0 * C * HW);
+          team_transpose_sum<T>([&](int i) -> const T* { return buf.threads[i].image_grads; },
+                                team, n1 - n0, HW, C, a.data_grad + n0 * C * HW);
+        }
+        return;
+      }
+      const T* images = a.in.data + n0 * C * HW;
+      T* data_grad = a.data_grad ? a.data_grad + n0 * C * HW : nullptr;
+      index_t c_begin, c_end;
+      share_of(C, me, team, &c_begin, &c_end);
+      const index_t rounds = tile_rounds(g, plan, n0, n1, team);
+      for (index_t round = 0; round < rounds; ++round) {
+        const ThreadTile tile = thread_tile(g, plan, n0, n1, me, team, round);
+        if (tile.count > 0) tile_grads(tile, images);
+        if (!data_grad || !need_col_grad) continue;
+#pragma omp barrier  // every thread's column gradient of this round is ready
+        for (int i = 0; i < team; ++i) {
+          const ThreadTile theirs = thread_tile(g, plan, n0, n1, i, team, round);
+          if (theirs.count > 0)
+            col2im<true, T, Acc>(g, runs, theirs, buf.threads[i], data_grad, c_begin, c_end);
+        }
+#pragma omp barrier  // nobody refills its buffers before every thread has scattered them
       }
     });
     if (a.weight_grad) {
@@ -584,15 +638,78 @@ void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackw
   check_gemms(ok);
 }
 
-#define DCNV2_MX_INSTANTIATE_CPU(T)                                                             \
-  template CpuTilePlan plan_deform_conv_cpu<T>(const DeformConvGeometry&, bool, size_t, size_t); \
-  template void deform_conv_forward_cpu<T>(const DeformConvGeometry&,                          \
-                                           const DeformConvForwardArgs<T>&, const CpuTilePlan&,   \
-                                           Scratch);                                           \
-  template void deform_conv_backward_cpu<T>(const DeformConvGeometry&,                         \
-                                            const DeformConvBackwardArgs<T>&, const CpuTilePlan&, \
-                                            Scratch);
-DCNV2_MX_INSTANTIATE_CPU(float)
-DCNV2_MX_INSTANTIATE_CPU(double)
+}  // namespace
 
+template <typename T>
+CpuTilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, size_t budget_bytes,
+                                 size_t reserved_bytes) {
+  using Acc = typename AccType<T>::type;
+  // No cap at MXNet's 2 GiB allocation: the CPU host allocates a larger block itself.
+  const size_t budget = budget_bytes > reserved_bytes ? budget_bytes - reserved_bytes : 0;
+  const size_t image = static_cast<size_t>(g.channels * g.in_plane()) * sizeof(T);
+  const size_t col_per_pixel = static_cast<size_t>(g.channels * g.taps()) * sizeof(T);
+  const index_t preferred_tile = static_cast<index_t>(kThreadTileBytes / col_per_pixel) + 1;
+  auto bytes = [&](const CpuTilePlan& plan) {
+    return CpuBuffers<T, Acc>(g, plan, Scratch{nullptr, 0}, backward).bytes;
+  };
+  // The largest tile up to the preferred one that fits, or false if not even one pixel does.
+  auto fit_tile = [&](CpuTilePlan* plan) {
+    plan->tile = 1;
+    if (bytes(*plan) > budget) return false;
+    const index_t share = (plan->images * g.out_plane() + plan->threads - 1) / plan->threads;
+    index_t lo = 1, hi = std::min(preferred_tile, share);
+    while (lo < hi) {
+      plan->tile = (lo + hi + 1) / 2;
+      if (bytes(*plan) <= budget)
+        lo = plan->tile;
+      else
+        hi = plan->tile - 1;
+    }
+    plan->tile = lo;
+    plan->scratch_bytes = bytes(*plan);
+    return true;
+  };
+  // With image copies: most threads first, then the most images per block up to kBlockBytes of
+  // copies (backward holds one more copy per thread), then the largest tile.
+  for (int threads = cpu::threads(); threads >= 1; --threads) {
+    const size_t copies = backward ? 1 + threads : 1;
+    index_t images = std::min<index_t>(
+        g.batch, std::max<index_t>(1, static_cast<index_t>(kBlockBytes / (copies * image))));
+    for (; images >= 1; images /= 2) {
+      CpuTilePlan plan{1, images, threads, 0};
+      if (fit_tile(&plan)) return plan;
+    }
+  }
+  // Direct, when not even one thread's copies fit: the whole batch is one block (it costs no
+  // memory), most threads first.
+  CpuTilePlan direct{1, g.batch, cpu::threads(), 0, false};
+  for (; direct.threads >= 1; --direct.threads)
+    if (fit_tile(&direct)) return direct;
+  direct.threads = 1;
+  direct.tile = 1;
+  throw_workspace_too_small(budget_bytes, reserved_bytes + bytes(direct));
+}
+
+template <typename T>
+void deform_conv_forward_cpu(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
+                             const CpuTilePlan& plan, Scratch scratch) {
+  if (plan.image_copies)
+    forward_blocks<false>(g, a, plan, scratch);
+  else
+    forward_blocks<true>(g, a, plan, scratch);
+}
+
+template <typename T>
+void deform_conv_backward_cpu(const DeformConvGeometry& g, const DeformConvBackwardArgs<T>& a,
+                              const CpuTilePlan& plan, Scratch scratch) {
+  if (plan.image_copies)
+    backward_blocks<false>(g, a, plan, scratch);
+  else
+    backward_blocks<true>(g, a, plan, scratch);
+}
+
+DCNV2_MX_INSTANTIATE_CONV_KERNELS(float)
+DCNV2_MX_INSTANTIATE_CONV_KERNELS(double)
+
+}  // namespace DCNV2_MX_ISA_NAMESPACE
 }  // namespace dcnv2_mx

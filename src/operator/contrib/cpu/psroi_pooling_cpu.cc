@@ -17,9 +17,12 @@
 #include <stdexcept>
 
 #include "../psroi_pooling_kernel.h"
+#include "isa_dispatch.h"
 #include "threads.h"
 
 namespace dcnv2_mx {
+// Compiled once per instruction set, each into its own namespace (see isa_dispatch.h).
+namespace DCNV2_MX_ISA_NAMESPACE {
 
 namespace {
 
@@ -83,13 +86,8 @@ void psroi_pool_backward_cpu(const PSROIPoolGeometry& g, const PSROIPoolBackward
   if (a.trans_grad || a.mask_grad) trans_and_mask_grads<T, Acc>(g, a);
 }
 
-template void psroi_pool_forward_cpu<float>(const PSROIPoolGeometry&,
-                                            const PSROIPoolForwardArgs<float>&);
-template void psroi_pool_forward_cpu<double>(const PSROIPoolGeometry&,
-                                             const PSROIPoolForwardArgs<double>&);
-template void psroi_pool_backward_cpu<float>(const PSROIPoolGeometry&,
-                                             const PSROIPoolBackwardArgs<float>&);
-template void psroi_pool_backward_cpu<double>(const PSROIPoolGeometry&,
-                                              const PSROIPoolBackwardArgs<double>&);
+DCNV2_MX_INSTANTIATE_POOL_KERNELS(float)
+DCNV2_MX_INSTANTIATE_POOL_KERNELS(double)
 
+}  // namespace DCNV2_MX_ISA_NAMESPACE
 }  // namespace dcnv2_mx

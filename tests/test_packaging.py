@@ -38,8 +38,13 @@ _FORWARD = textwrap.dedent("""
 """)
 
 
+#: The environment of every command: none of this test run's ways to reach another dcnv2_mx.
+CLEAN_ENV = {k: v for k, v in os.environ.items()
+             if k not in ("PYTHONPATH", "DCNV2_MX_LIBRARY", "LD_LIBRARY_PATH", "LD_PRELOAD")}
+
+
 def run(command, **kwargs):
-    proc = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    proc = subprocess.run(command, capture_output=True, text=True, env=CLEAN_ENV, **kwargs)
     assert proc.returncode == 0, (" ".join(command) + "\n" + proc.stdout[-4000:] +
                                   proc.stderr[-4000:])
     return proc.stdout
@@ -57,15 +62,22 @@ def tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
-    """The python of a fresh virtual environment that sees this one's packages (MXNet, NumPy)
-    behind its own, and has OpenBLAS and oneDNN where pip installs them."""
+    """The python of a fresh virtual environment that sees this one's packages (MXNet, NumPy;
+    not dcnv2_mx) behind its own, and has OpenBLAS and oneDNN where pip installs them."""
     path = tmp_path_factory.mktemp("venv") / "env"
     run([sys.executable, "-m", "venv", "--without-pip", str(path)])
     python = str(path / "bin" / "python")
     site = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
     site = site.strip()
+    # This environment's packages but any dcnv2_mx, linked into a folder the .pth file adds.
+    shared = path / "shared-site-packages"
+    shared.mkdir()
+    ours = re.compile(r"^(__editable__\.)?dcnv2[_-]mx", re.I)
+    for entry in os.listdir(sysconfig.get_paths()["purelib"]):
+        if not ours.match(entry) and not entry.endswith(".pth"):
+            os.symlink(os.path.join(sysconfig.get_paths()["purelib"], entry), shared / entry)
     with open(os.path.join(site, "test_environment.pth"), "w") as pth:
-        pth.write(sysconfig.get_paths()["purelib"] + "\n")
+        pth.write(f"{shared}\n")
     os.symlink(os.path.dirname(scipy_openblas32.__file__), os.path.join(site, "scipy_openblas32"))
     onednn = importlib.metadata.distribution("onednn-cpu-gomp")
     for library in (f for f in onednn.files if f.name == "libdnnl.so.3"):
@@ -87,8 +99,7 @@ def installed_wheel(tree, venv):
 def test_wheel_installs_and_runs_in_a_fresh_environment(installed_wheel, venv):
     assert installed_wheel.startswith(os.path.dirname(os.path.dirname(venv)))
     # Found without help: no LD_LIBRARY_PATH, no preload by dcnv2_mx/library.py.
-    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    ldd = run(["ldd", installed_wheel], env=env)
+    ldd = run(["ldd", installed_wheel])
     assert "not found" not in ldd, ldd
     for dependency in ("libscipy_openblas", "libdnnl.so.3"):
         line = next(line for line in ldd.splitlines() if dependency in line)

@@ -41,6 +41,7 @@ LD_PRELOAD="$(g++ -print-file-name=libasan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:detect_stack_use_after_return=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export DCNV2_MX_LIBRARY="$PWD/$BUILD_DIR/libdcnv2_mx.so"
+export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"  # this tree's package
 log="$BUILD_DIR/sanitize.log"
 status=0
 "$PYTHON" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$log" || status=$?

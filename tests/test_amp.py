@@ -3,8 +3,6 @@ as intended by amp.convert_symbol / convert_model / convert_hybrid_block for the
 and bfloat16 (CPU) targets, converted models run against float32, amp.init in a fresh process,
 and AMP training steps on a GPU (skipped without one)."""
 import json
-import subprocess
-import sys
 import textwrap
 
 import mxnet as mx
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 from mxnet.contrib import amp
 
+from conftest import run_python
 from dcnv2_mx import amp as dcn_amp
 from dcnv2_mx.gluon import DeformableConvolutionV2
 
@@ -212,9 +211,10 @@ def test_convert_hybrid_block(target, rng):
         np.testing.assert_allclose(got, expected, rtol=0.05, atol=0.05 * np.abs(expected).max())
 
 
-def run_python(code):
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=300)
+def run_checked(code):
+    """Runs `code` in a fresh interpreter (conftest.run_python) and returns what it printed;
+    fails the test if the process failed or died."""
+    proc = run_python(textwrap.dedent(code))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -223,7 +223,7 @@ def test_amp_init_casts_around_our_operators_in_a_fresh_process():
     """amp.init('bfloat16') after import dcnv2_mx (AMP wraps functions once per process, so this
     runs apart): imperative calls get bfloat16 inputs cast to float32 (and compute what float32
     inputs rounded to bfloat16 give); symbols get amp_cast nodes before the operator."""
-    out = run_python("""
+    out = run_checked("""
         import json
         import mxnet as mx, numpy as np
         import dcnv2_mx
@@ -260,7 +260,7 @@ def test_import_after_amp_init_warns(monkeypatch):
 def test_amp_training_steps_on_gpu():
     """amp.init('float16') with dynamic loss scaling: a few SGD steps of a Gluon network with our
     block on GPU 0 keep the loss finite and decrease it."""
-    out = run_python("""
+    out = run_checked("""
         import mxnet as mx, numpy as np
         import dcnv2_mx
         from mxnet import autograd, gluon

@@ -39,7 +39,10 @@ def _gemm_libraries():
     found = sorted(glob.glob(os.path.join(blas_dir, "libscipy_openblas*.so*")))[:1]
     try:
         dist = importlib.metadata.distribution("onednn-cpu-gomp")
-        found += [str(dist.locate_file(f)) for f in dist.files or () if f.name == "libdnnl.so.3"]
+        # Only files that exist: where the metadata points elsewhere (a relocated environment),
+        # the library's $ORIGIN RPATH finds oneDNN.
+        found += [path for path in (str(dist.locate_file(f)) for f in dist.files or ()
+                                    if f.name == "libdnnl.so.3") if os.path.exists(path)]
     except importlib.metadata.PackageNotFoundError:
         pass  # then the library's RPATH has to find it, or opening it names what is missing
     return found

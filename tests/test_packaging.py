@@ -69,13 +69,16 @@ def venv(tmp_path_factory):
     python = str(path / "bin" / "python")
     site = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
     site = site.strip()
-    # This environment's packages but any dcnv2_mx, linked into a folder the .pth file adds.
-    shared = path / "shared-site-packages"
-    shared.mkdir()
+    # This environment's packages but any dcnv2_mx, linked into a folder that the .pth file adds,
+    # next to site-packages: files a package installed outside it (oneDNN's library) keep their
+    # relative paths.
+    shared = os.path.join(os.path.dirname(site), "shared-site-packages")
+    os.mkdir(shared)
     ours = re.compile(r"^(__editable__\.)?dcnv2[_-]mx", re.I)
     for entry in os.listdir(sysconfig.get_paths()["purelib"]):
         if not ours.match(entry) and not entry.endswith(".pth"):
-            os.symlink(os.path.join(sysconfig.get_paths()["purelib"], entry), shared / entry)
+            os.symlink(os.path.join(sysconfig.get_paths()["purelib"], entry),
+                       os.path.join(shared, entry))
     with open(os.path.join(site, "test_environment.pth"), "w") as pth:
         pth.write(f"{shared}\n")
     os.symlink(os.path.dirname(scipy_openblas32.__file__), os.path.join(site, "scipy_openblas32"))

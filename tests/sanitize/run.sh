@@ -6,8 +6,8 @@
 #   PYTHON=.venv/bin/python tests/sanitize/run.sh [pytest arguments...]
 #
 # Without arguments it runs SANITIZE_TESTS (below; test files that do not exist yet are skipped).
-# The build goes to build-sanitize/ (BUILD_DIR to change); the log of the run to
-# build-sanitize/sanitize.log.
+# The build goes to build-sanitize/ (BUILD_DIR to change), sanitizer reports to
+# build-sanitize/reports/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
@@ -33,21 +33,25 @@ if [ $# -eq 0 ]; then
 fi
 
 # MXNet and Python are not instrumented: the ASan runtime has to be loaded before them, and
-# their memory at exit is no finding of ours (detect_leaks=0). Every report stops the process
-# (UBSan: -fno-sanitize-recover at build time), and the log is searched for reports as well,
-# since a test that runs a subprocess may swallow its failure.
+# libstdc++ with it so that ASan can intercept C++ throws (our error path; without it ASan stops
+# at the first exception); their memory at exit is no finding of ours (detect_leaks=0). Every
+# report stops the process (UBSan: -fno-sanitize-recover at build time) and is written to a file
+# in $BUILD_DIR, because pytest's output capture loses what a dying process wrote, and a test
+# that runs a subprocess may not fail with it.
+reports="$BUILD_DIR/reports"
+rm -rf "$reports" && mkdir -p "$reports"
 export LD_PRELOAD
-LD_PRELOAD="$(g++ -print-file-name=libasan.so)"
-export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:detect_stack_use_after_return=1
-export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)"
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:detect_stack_use_after_return=1:log_path=$PWD/$reports/asan
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$PWD/$reports/ubsan
 export DCNV2_MX_LIBRARY="$PWD/$BUILD_DIR/libdcnv2_mx.so"
 export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"  # this tree's package
-log="$BUILD_DIR/sanitize.log"
 status=0
-"$PYTHON" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$log" || status=$?
+"$PYTHON" -m pytest -q -p no:cacheprovider "$@" || status=$?
 unset LD_PRELOAD
-if grep -qE "ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer" "$log"; then
-  echo "sanitize: sanitizer reports in $log" >&2
+if [ -n "$(ls -A "$reports")" ]; then
+  head -n 60 "$reports"/*
+  echo "sanitize: sanitizer reports in $reports" >&2
   exit 1
 fi
 [ "$status" -eq 0 ] || { echo "sanitize: tests failed (status $status)" >&2; exit "$status"; }

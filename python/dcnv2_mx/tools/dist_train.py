@@ -61,7 +61,12 @@ def build_network(seed=0):
     net = RoIClassifier()
     net.initialize()
     images, rois, _ = make_batch()
-    net(mx.nd.array(images), mx.nd.array(rois))  # parameter shapes
+    # The forward pass that gives the deferred parameters their shapes runs in training mode: in
+    # inference mode MXNet's oneDNN Conv2D reorders its weight in place into a blocked layout,
+    # which the dist kvstore cannot push (MXNet 1.9.1 fails that push on its engine thread and
+    # the server never gets the Trainer's initial values).
+    with mx.autograd.train_mode():
+        net(mx.nd.array(images), mx.nd.array(rois))
     rng = np.random.RandomState(seed)
     for param in net.collect_params().values():
         param.set_data(mx.nd.array(rng.normal(0, 0.2, param.shape)))
@@ -116,6 +121,15 @@ def train(steps, kvstore=None, log=None):
     net = build_network()
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": LEARNING_RATE},
                             kvstore=kvstore, update_on_kvstore=False if kvstore else None)
+    if kvstore is not None:
+        # The Trainer broadcasts rank 0's parameters lazily, in the first step() just before the
+        # first gradient push-pull. MXNet 1.9.1's dist kvstore orders that push-pull after the
+        # broadcast's pull only through a buffer the push-pull replaces, so the server could sum
+        # the gradients first and answer the late pull with the sum, which then overwrote the
+        # parameter. Broadcasting here and waiting for it keeps the two apart.
+        trainer._init_kvstore()
+        trainer._init_params()
+        mx.nd.waitall()
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     images, rois, labels = mx.nd.array(images), mx.nd.array(rois), mx.nd.array(labels)
     for step in range(steps):

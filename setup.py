@@ -137,7 +137,8 @@ setup(
     extras_require={"test": ["pytest", "hypothesis"],
                     "gluoncv": ["gluoncv==0.10.5.post0"],
                     "cli": ["matplotlib", "tqdm"],
-                    "onnx": ["onnx>=1.14,<1.19", "onnxruntime>=1.25"]},
+                    "onnx": ["onnx>=1.14,<1.19", "onnxruntime>=1.25"],
+                    "bench": ["openvino", "onnx>=1.14,<1.19", "onnxruntime>=1.25"]},
     entry_points={"console_scripts": ["dcnv2-mx=dcnv2_mx.tools.cli:main"]},
     zip_safe=False,
 )

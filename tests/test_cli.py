@@ -1,6 +1,7 @@
 """Tests of the command line (python -m dcnv2_mx): every subcommand with small settings, the
 self-check's ability to fail, and the pieces the demo's figure relies on."""
 import os
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import dcnv2_mx
-from dcnv2_mx.tools import cli, demo, selfcheck
+from dcnv2_mx.tools import bench_peers, cli, demo, selfcheck
 from dcnv2_mx.tools.reference.conv import deform_conv2d_forward
 from dcnv2_mx.tools.reference.psroi import psroi_pooling
 
@@ -20,6 +21,14 @@ def assert_png(path):
     with open(path, "rb") as image:
         assert image.read(8) == PNG_MAGIC, f"{path} is not a PNG"
     assert os.path.getsize(path) > 1000
+
+
+def table_row(out, case):
+    """{column title: cell} of `case`'s row in the text table of `out` that has it."""
+    lines = out.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith(case + " "))
+    header = next(lines[i] for i in range(row, -1, -1) if lines[i].startswith("case "))
+    return dict(zip(re.split(r"\s{2,}", header), re.split(r"\s{2,}", lines[row])))
 
 
 def run_module(*args):
@@ -121,6 +130,41 @@ def test_bench_quick_prints_ratio_tables_and_draws_the_plot(tmp_path):
     assert "psroi_tiny" in out and "fwd vs builtin" in out
     assert "bench" in err  # the progress bar
     assert_png(plot)
+    # Each peer engine: timed where its package is installed, else n/a with the reason.
+    runnable, skipped = bench_peers.available(mx.cpu())
+    for peer in bench_peers.PEERS:
+        cells = [table_row(out, case)[f"ours / {peer.label}"] for case in ("tiny", "tiny_dg2_s2")]
+        if peer in runnable:
+            assert all(re.fullmatch(r"\d+\.\d\dx", cell) for cell in cells), out
+            assert f"{peer.label} {bench_peers.versions([peer])[peer.label]}" in out
+        else:
+            assert cells == ["n/a"] * 2, out
+            assert f"{peer.label} n/a ({skipped[peer.label]})" in out
+
+
+def test_bench_without_the_peer_packages_reads_n_a_and_says_why(monkeypatch, capsys):
+    for module in ("openvino", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    assert cli.main(["bench", "--quick", "--cases", "tiny", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    row = table_row(out, "tiny")
+    for peer in ("OpenVINO", "onnxruntime"):
+        assert row[f"ours / {peer}"] == row[f"{peer} fwd ms"] == "n/a", out
+        assert f"{peer} n/a (skipped: package missing" in out
+    assert row["fwd vs conv"].endswith("x")
+
+
+def test_bench_stops_when_a_peer_disagrees_with_ours(monkeypatch, capsys):
+    def zeros(inputs, stride, pad, dg):  # right shape, wrong values
+        shape = inputs["data"].shape[:1] + inputs["weight"].shape[:1] + inputs["offset"].shape[2:]
+        return lambda: np.zeros(shape, np.float32)
+
+    monkeypatch.setattr(bench_peers, "PEERS",
+                        (bench_peers.Peer("Zeros", "zeros fwd", ("numpy",), None, zeros),))
+    assert cli.main(["bench", "--quick", "--cases", "tiny", "--repeat", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "error: Zeros differs from DeformableConvolutionV2 on case tiny" in captured.err
+    assert "tiny " not in captured.out  # no table
 
 
 def test_bench_rejects_unknown_cases(capsys):

@@ -11,7 +11,10 @@ Convolution cases (3x3 kernel, pad 1; offsets ~ N(0, 2), mask = sigmoid(N(0, 1))
 * ``ours``: ``DeformableConvolutionV2``, forward and forward+backward (all five gradients);
 * ``builtin``: MXNet's ``ModulatedDeformableConvolution``, forward only (it has no CPU
   backward). Its batch must be at most ``im2col_step`` (64) or a multiple of it; every case's
-  batch is at most 64.
+  batch is at most 64;
+* peers (``run(peers=...)``, CPU only): other engines' deformable convolution, forward only,
+  on the same inputs, each checked against ours before it is timed
+  (dcnv2_mx.tools.bench_peers: OpenVINO, onnxruntime).
 
 The PS-RoI pooling case times ``ModulatedDeformablePSROIPooling`` (with a mask) against MXNet's
 ``DeformablePSROIPooling`` (no mask), forward and forward+backward.
@@ -42,6 +45,8 @@ import numpy as np
 
 import mxnet as mx
 from mxnet import autograd
+
+from . import bench_peers
 
 __all__ = ["Case", "CASES", "QUICK_CASES", "PoolCase", "POOL_CASE", "QUICK_POOL_CASE",
            "Result", "run", "machine_summary", "format_results", "plot_results"]
@@ -108,8 +113,9 @@ def _forward_backward(op, arrays, grads, head):
     return run
 
 
-def _conv_contenders(case, ctx, rng):
-    """Zero-argument functions, one per contender, on fixed random inputs of the case."""
+def _conv_contenders(case, ctx, rng, peers=()):
+    """Zero-argument functions, one per contender, on fixed random inputs of the case; peers:
+    bench_peers.Peer engines to add (each raises PeerMismatchError if it differs from ours)."""
     n, c, h, w, f = case.batch, case.channels, case.height, case.width, case.filters
     ho, wo = (h - 1) // case.stride + 1, (w - 1) // case.stride + 1
     taps = case.dg * 9
@@ -133,7 +139,7 @@ def _conv_contenders(case, ctx, rng):
             a["data"], a["offset"], a["mask"], a["weight"], a["bias"], **dcn_params)
 
     conv_in, dcn_in = _arrays(ctx, **values), _arrays(ctx, **dcn_values)
-    return {
+    contenders = {
         "conv fwd": lambda: conv(**conv_in),
         "ours fwd": lambda: ours(**dcn_in),
         "builtin fwd": lambda: builtin(**dcn_in),
@@ -141,6 +147,13 @@ def _conv_contenders(case, ctx, rng):
         "ours fwd+bwd": _forward_backward(ours, _arrays(ctx, **dcn_values), list(dcn_values),
                                           head),
     }
+    if peers:
+        expected = ours(**dcn_in).asnumpy()
+        peer_in = {k: v.asnumpy() for k, v in dcn_in.items()}  # float32, as ours reads them
+        for peer in peers:
+            contenders[peer.key] = bench_peers.contender(peer, peer_in, case.stride, 1, case.dg,
+                                                         expected, case.name)
+    return contenders
 
 
 def _pool_contenders(case, ctx, rng):
@@ -251,17 +264,19 @@ def _peak_memory(cases, pool_case, seed):
         return child.apply(_peak_memory_child, (tuple(cases), pool_case, seed))
 
 
-def run(cases=CASES, pool_case=POOL_CASE, repeat=10, warmup=2, ctx=None, seed=0):
+def run(cases=CASES, pool_case=POOL_CASE, repeat=10, warmup=2, ctx=None, seed=0, peers=()):
     """Runs the suite; yields one Result per case (the pooling case last), as it completes.
 
     cases: Case tuples; pool_case: a PoolCase or None. repeat: timed runs per contender;
-    warmup: untimed runs first.
+    warmup: untimed runs first. peers: bench_peers.Peer engines timed in every convolution case
+    (``bench_peers.available(ctx)[0]`` for all that can run); raises
+    bench_peers.PeerMismatchError, before timing the case, if one differs from ours.
     """
     ctx = ctx or mx.cpu()
     rng = np.random.default_rng(seed)
     memory = _peak_memory(cases, pool_case, seed) if ctx.device_type == "cpu" else {}
     for case in cases:
-        times = _time_contenders(_conv_contenders(case, ctx, rng), repeat, warmup)
+        times = _time_contenders(_conv_contenders(case, ctx, rng, peers), repeat, warmup)
         yield Result(case, times, memory.get(case.name, {}))
     if pool_case is not None:
         times = _time_contenders(_pool_contenders(pool_case, ctx, rng), repeat, warmup)
@@ -295,8 +310,14 @@ def _ratio(a, b):
     return "-" if a is None or b is None else f"{a / b:.2f}x"
 
 
+def _peer_ratio(times, peer):
+    """Our forward time over the peer's; n/a when the peer did not run (see the notes)."""
+    return _ratio(times["ours fwd"], times[peer.key]) if peer.key in times else "n/a"
+
+
 def format_results(results):
-    """Two text tables (convolution cases, pooling case) with ratios, ms and peak MiB."""
+    """Two text tables (convolution cases, pooling case) with ratios, ms and peak MiB; a peer
+    engine that did not run reads n/a (bench_peers.available says why)."""
     from .table import format_table
 
     conv_rows, pool_rows = [], []
@@ -312,17 +333,22 @@ def format_results(results):
             continue
         conv_rows.append([
             r.case.name, _shape_text(r.case),
-            _ratio(t["ours fwd"], t["conv fwd"]), _ratio(t["builtin fwd"], t["ours fwd"]),
+            _ratio(t["ours fwd"], t["conv fwd"]),
+            *(_peer_ratio(t, peer) for peer in bench_peers.PEERS),
+            _ratio(t["builtin fwd"], t["ours fwd"]),
             _ratio(t["ours fwd+bwd"], t["conv fwd+bwd"]),
             _ms(t["conv fwd"]), _ms(t["ours fwd"]), _ms(t["builtin fwd"]),
+            *(_ms(t[peer.key]) if peer.key in t else "n/a" for peer in bench_peers.PEERS),
             _ms(t["conv fwd+bwd"]), _ms(t["ours fwd+bwd"]),
             f"{_mib(m.get('conv fwd+bwd'))} / {_mib(m.get('ours fwd+bwd'))}"])
     tables = []
     if conv_rows:
         tables.append(format_table(
-            ["case", "N x C x H x W -> F", "fwd vs conv", "builtin vs ours", "f+b vs conv",
-             "conv fwd ms", "ours fwd ms", "builtin fwd ms", "conv f+b ms", "ours f+b ms",
-             "peak MiB f+b conv / ours"], conv_rows))
+            ["case", "N x C x H x W -> F", "fwd vs conv",
+             *(f"ours / {peer.label}" for peer in bench_peers.PEERS),
+             "builtin vs ours", "f+b vs conv", "conv fwd ms", "ours fwd ms", "builtin fwd ms",
+             *(f"{peer.label} fwd ms" for peer in bench_peers.PEERS),
+             "conv f+b ms", "ours f+b ms", "peak MiB f+b conv / ours"], conv_rows))
     if pool_rows:
         tables.append(format_table(
             ["case", "shape", "fwd vs builtin", "f+b vs builtin", "builtin fwd ms",
@@ -331,18 +357,37 @@ def format_results(results):
     return "\n\n".join(tables)
 
 
-def plot_results(results, path, title=None):
-    """Bar chart of the time ratios (log scale) with the targets of issue 6, written to path."""
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def _save(fig, path, title):
+    """Titles the figure, writes it to path and closes it."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+#: Bar colours of the peer engines' series.
+_PEER_COLORS = {"OpenVINO": "#2ca02c", "onnxruntime": "#9467bd"}
+
+
+def plot_results(results, path, title=None):
+    """Bar chart of the time ratios (log scale) with the targets of issue 6, written to path."""
+    plt = _pyplot()
     conv = [r for r in results if isinstance(r.case, Case)]
     pool = [r for r in results if isinstance(r.case, PoolCase)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw=dict(
         width_ratios=[max(len(conv), 1), max(len(pool), 1) + 0.6]))
     series = (("builtin DCNv2 fwd / conv fwd", "builtin fwd", "conv fwd", "#bbbbbb"),
+              *((f"{peer.label} fwd / conv fwd", peer.key, "conv fwd", _PEER_COLORS[peer.label])
+                for peer in bench_peers.PEERS),
               ("ours fwd / conv fwd", "ours fwd", "conv fwd", "#1f77b4"),
               ("ours fwd+bwd / conv fwd+bwd", "ours fwd+bwd", "conv fwd+bwd", "#ff7f0e"))
     _bars(axes[0], conv, series, "time relative to mx.nd.Convolution")
@@ -352,20 +397,26 @@ def plot_results(results, path, title=None):
     _bars(axes[1], pool, (("ours fwd / builtin fwd", "ours fwd", "builtin fwd", "#1f77b4"),
                           ("ours f+b / builtin f+b", "ours fwd+bwd", "builtin fwd+bwd",
                            "#ff7f0e")), "time relative to DeformablePSROIPooling")
-    fig.suptitle(title or "dcnv2_mx benchmark", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, title or "dcnv2_mx benchmark")
 
 
 def _bars(ax, results, series, ylabel):
+    """One group of bars per result, one bar per series (label, numerator contender,
+    denominator contender, colour) where the result has both; a series that no result has (a
+    peer engine that did not run) gets no slot."""
     from matplotlib.ticker import FormatStrFormatter
 
+    def ran(r, num, den):
+        return num in r.times and den in r.times
+
+    if results:
+        series = [s for s in series if any(ran(r, *s[1:3]) for r in results)]
     width = 0.8 / len(series)
     ratios = [1.0]
     for i, (label, num, den, color) in enumerate(series):
-        xs = [k + (i - (len(series) - 1) / 2) * width for k in range(len(results))]
-        heights = [r.times[num] / r.times[den] for r in results]
+        shown = [k for k, r in enumerate(results) if ran(r, num, den)]
+        xs = [k + (i - (len(series) - 1) / 2) * width for k in shown]
+        heights = [results[k].times[num] / results[k].times[den] for k in shown]
         ax.bar(xs, heights, width, label=label, color=color)
         ratios += heights
     ax.axhline(1.0, color="black", lw=0.8)

@@ -163,11 +163,12 @@ def cmd_check(args):
 # --------------------------------------------------------------------------------------- bench
 
 def cmd_bench(args):
-    """Runs the benchmark suite; prints the tables and writes the plot; returns 0."""
+    """Runs the benchmark suite; prints the tables and writes the plot; returns 0, 1 when a peer
+    engine disagrees with ours, 2 for unknown --cases."""
     _require("tqdm", *(["matplotlib"] if args.plot else []))
     from tqdm import tqdm
 
-    from dcnv2_mx.tools import benchmark
+    from dcnv2_mx.tools import bench_peers, benchmark
 
     cases = benchmark.QUICK_CASES if args.quick else benchmark.CASES
     pool_case = benchmark.QUICK_POOL_CASE if args.quick else benchmark.POOL_CASE
@@ -182,17 +183,25 @@ def cmd_bench(args):
         pool_case = pool_case if pool_case.name in wanted else None
     ctx = _context(args.ctx)
     summary = benchmark.machine_summary(ctx)
+    peers, skipped = bench_peers.available(ctx)
     results = []
-    with tqdm(total=len(cases) + (pool_case is not None), desc="bench", file=sys.stderr,
-              dynamic_ncols=True) as bar:
-        for result in benchmark.run(cases, pool_case, repeat=args.repeat, ctx=ctx):
-            bar.set_postfix_str(result.case.name)
-            bar.update()
-            results.append(result)
+    try:
+        with tqdm(total=len(cases) + (pool_case is not None), desc="bench", file=sys.stderr,
+                  dynamic_ncols=True) as bar:
+            for result in benchmark.run(cases, pool_case, repeat=args.repeat, ctx=ctx,
+                                        peers=peers):
+                bar.set_postfix_str(result.case.name)
+                bar.update()
+                results.append(result)
+    except bench_peers.PeerMismatchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(summary)
     print(f"median of {args.repeat} alternating runs; 'x' columns are time ratios "
-          "('builtin vs ours' > 1: ours is faster); peak MiB: resident memory one "
-          "forward+backward added at its peak")
+          "('builtin vs ours' > 1: ours is faster; 'ours / peer': our forward over the peer's, "
+          "< 1: ours is faster); peak MiB: resident memory one forward+backward added at its "
+          "peak")
+    print(bench_peers.note(peers, skipped))
     print()
     print(benchmark.format_results(results))
     if args.plot:
@@ -271,8 +280,8 @@ def build_parser():
                        help="devices to check (all: the CPU and GPU 0 if present)")
     check.set_defaults(run=cmd_check)
 
-    bench = sub.add_parser("bench", help="benchmark against mx.nd.Convolution and MXNet's "
-                           "built-in deformable operators")
+    bench = sub.add_parser("bench", help="benchmark against mx.nd.Convolution, MXNet's "
+                           "built-in deformable operators, OpenVINO and onnxruntime")
     bench.add_argument("--repeat", type=int, default=10, help="timed runs per contender")
     bench.add_argument("--cases", help="comma-separated case names (default: all)")
     bench.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")

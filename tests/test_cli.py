@@ -167,6 +167,20 @@ def test_bench_stops_when_a_peer_disagrees_with_ours(monkeypatch, capsys):
     assert "tiny " not in captured.out  # no table
 
 
+def test_bench_model_quick_prints_its_table_and_draws_the_plot(tmp_path, capsys):
+    plot = tmp_path / "model.png"
+    assert cli.main(["bench", "--model", "--quick", "--repeat", "1", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    infer, train = table_row(out, "infer_tiny"), table_row(out, "train_tiny")
+    assert infer["input"] == "infer 1x3x64x64" and train["input"] == "train 1x3x64x64"
+    for row in (infer, train):
+        assert re.fullmatch(r"\d+\.\d\dx", row["ours / plain"]), out
+        assert float(row["plain ms"]) > 0 and float(row["ours ms"]) > 0
+    assert re.fullmatch(r"\d+\.\d\dx", infer["builtin / plain"]), out
+    assert train["builtin / plain"] == train["builtin ms"] == "-"  # no CPU backward
+    assert_png(plot)
+
+
 def test_bench_rejects_unknown_cases(capsys):
     assert cli.main(["bench", "--quick", "--cases", "tiny,huge"]) == 2
     assert "huge" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 * ``info``  -- MXNet build, the loaded dcnv2_mx library, BLAS, threads, operators, dtypes;
 * ``check`` -- self-test of the build on each device (exit status 1 on any failure);
-* ``bench`` -- the benchmark suite with a ratio table and an optional plot;
+* ``bench`` -- the benchmark suite with a ratio table and an optional plot (``--model``: whole
+  networks, dcnv2_mx.tools.bench_model);
 * ``demo``  -- trains a small network with regular, DCNv1 and DCNv2 layers on generated
   deformed digits and draws the learned sampling locations;
 * ``viz``   -- the sampling-location figure for an exported model and any image;
@@ -19,14 +20,14 @@ import sys
 __all__ = ["main", "build_parser"]
 
 
-def _require(*modules):
-    """Exits with an install hint when an optional dependency (the ``cli`` extra) is missing."""
+def _require(*modules, extra="cli"):
+    """Exits with an install hint when an optional dependency (of the `extra`) is missing."""
     import importlib.util
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise SystemExit(f"this command needs {' and '.join(missing)}: "
-                         "pip install 'dcnv2-mx[cli]' (or pip install tqdm matplotlib)")
+                         f"pip install 'dcnv2-mx[{extra}]' (or pip install {' '.join(missing)})")
 
 
 def _context(name):
@@ -163,33 +164,50 @@ def cmd_check(args):
 # --------------------------------------------------------------------------------------- bench
 
 def cmd_bench(args):
-    """Runs the benchmark suite; prints the tables and writes the plot; returns 0, 1 when a peer
-    engine disagrees with ours, 2 for unknown --cases."""
+    """Runs the benchmark suite (the networks with --model); prints the tables and writes the
+    plot; returns 0, 1 when a peer engine disagrees with ours, 2 for unknown --cases."""
     _require("tqdm", *(["matplotlib"] if args.plot else []))
+    if args.model:
+        _require("gluoncv", extra="gluoncv")
     from tqdm import tqdm
 
-    from dcnv2_mx.tools import bench_peers, benchmark
+    from dcnv2_mx.tools import bench_model, bench_peers, benchmark
 
-    cases = benchmark.QUICK_CASES if args.quick else benchmark.CASES
-    pool_case = benchmark.QUICK_POOL_CASE if args.quick else benchmark.POOL_CASE
+    if args.model:
+        cases = bench_model.QUICK_MODEL_CASES if args.quick else bench_model.MODEL_CASES
+        pool_case = None
+    else:
+        cases = benchmark.QUICK_CASES if args.quick else benchmark.CASES
+        pool_case = benchmark.QUICK_POOL_CASE if args.quick else benchmark.POOL_CASE
     if args.cases:
         wanted = args.cases.split(",")
-        known = [c.name for c in cases] + [pool_case.name]
+        known = [c.name for c in cases] + ([pool_case.name] if pool_case else [])
         unknown = [name for name in wanted if name not in known]
         if unknown:
             print(f"error: --cases: unknown {unknown}; choose from {known}", file=sys.stderr)
             return 2
         cases = [c for c in cases if c.name in wanted]
-        pool_case = pool_case if pool_case.name in wanted else None
+        pool_case = pool_case if pool_case and pool_case.name in wanted else None
     ctx = _context(args.ctx)
     summary = benchmark.machine_summary(ctx)
-    peers, skipped = bench_peers.available(ctx)
+    if args.model:
+        suite, tool = bench_model.run(cases, repeat=args.repeat, ctx=ctx), bench_model
+        notes = [f"median of {args.repeat} alternating runs; 'x' columns are time ratios to "
+                 "the plain network (lower is better); builtin: inference only (no CPU "
+                 "backward)"]
+    else:
+        peers, skipped = bench_peers.available(ctx)
+        suite = benchmark.run(cases, pool_case, repeat=args.repeat, ctx=ctx, peers=peers)
+        tool = benchmark
+        notes = [f"median of {args.repeat} alternating runs; 'x' columns are time ratios "
+                 "('builtin vs ours' > 1: ours is faster; 'ours / peer': our forward over the "
+                 "peer's, < 1: ours is faster); peak MiB: resident memory one forward+backward "
+                 "added at its peak", bench_peers.note(peers, skipped)]
     results = []
     try:
         with tqdm(total=len(cases) + (pool_case is not None), desc="bench", file=sys.stderr,
                   dynamic_ncols=True) as bar:
-            for result in benchmark.run(cases, pool_case, repeat=args.repeat, ctx=ctx,
-                                        peers=peers):
+            for result in suite:
                 bar.set_postfix_str(result.case.name)
                 bar.update()
                 results.append(result)
@@ -197,15 +215,11 @@ def cmd_bench(args):
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary)
-    print(f"median of {args.repeat} alternating runs; 'x' columns are time ratios "
-          "('builtin vs ours' > 1: ours is faster; 'ours / peer': our forward over the peer's, "
-          "< 1: ours is faster); peak MiB: resident memory one forward+backward added at its "
-          "peak")
-    print(bench_peers.note(peers, skipped))
+    print("\n".join(notes))
     print()
-    print(benchmark.format_results(results))
+    print(tool.format_results(results))
     if args.plot:
-        benchmark.plot_results(results, args.plot, title=summary)
+        tool.plot_results(results, args.plot, title=summary)
         print(f"\nplot written to {args.plot}")
     return 0
 
@@ -281,10 +295,13 @@ def build_parser():
     check.set_defaults(run=cmd_check)
 
     bench = sub.add_parser("bench", help="benchmark against mx.nd.Convolution, MXNet's "
-                           "built-in deformable operators, OpenVINO and onnxruntime")
+                           "built-in deformable operators, OpenVINO and onnxruntime; --model: "
+                           "ResNet-50 with and without DCNv2")
     bench.add_argument("--repeat", type=int, default=10, help="timed runs per contender")
     bench.add_argument("--cases", help="comma-separated case names (default: all)")
     bench.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
+    bench.add_argument("--model", action="store_true", help="whole networks: GluonCV's "
+                       "ResNet-50 v1b plain, with our DCNv2 and with MXNet's (needs gluoncv)")
     bench.add_argument("--plot", metavar="PNG", help="also draw the ratios into this file")
     bench.add_argument("--ctx", choices=("cpu", "gpu"), default="cpu")
     bench.set_defaults(run=cmd_bench)

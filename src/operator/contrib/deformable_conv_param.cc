@@ -171,23 +171,15 @@ std::vector<unsigned> DeformConvParam::infer_shapes(
   return to_shape(output_spec(g).shape);
 }
 
-DeformConvGeometry DeformConvParam::check_forward_tensors(const std::vector<TensorInfo>& inputs,
-                                                          const std::vector<TensorInfo>& outputs,
-                                                          const std::string& device_type) const {
+DeformConvGeometry DeformConvParam::check_tensors(bool backward,
+                                                  const std::vector<TensorInfo>& inputs,
+                                                  const std::vector<TensorInfo>& outputs,
+                                                  const std::string& device_type) const {
   AttrReader r(op_name);
-  check_tensor_counts(r, false, inputs.size(), outputs.size(), num_inputs());
-  const DeformConvGeometry g = checked_geometry(inputs[0].shape);
-  check_forward_call(r, device_type, inputs, outputs, input_specs(g), output_spec(g));
-  return g;
-}
-
-DeformConvGeometry DeformConvParam::check_backward_tensors(const std::vector<TensorInfo>& inputs,
-                                                           const std::vector<TensorInfo>& outputs,
-                                                           const std::string& device_type) const {
-  AttrReader r(op_name);
-  check_tensor_counts(r, true, inputs.size(), outputs.size(), num_inputs());
-  const DeformConvGeometry g = checked_geometry(inputs[1].shape);
-  check_backward_call(r, device_type, inputs, outputs, input_specs(g), output_spec(g));
+  check_tensor_counts(r, backward, inputs.size(), outputs.size(), num_inputs());
+  // A backward call's inputs start with the output gradient; the data follows it.
+  const DeformConvGeometry g = checked_geometry(inputs[backward ? 1 : 0].shape);
+  check_call_tensors(r, backward, device_type, inputs, outputs, input_specs(g), output_spec(g));
   return g;
 }
 

@@ -60,22 +60,14 @@ struct DeformConvParam {
   std::vector<TensorSpec> input_specs(const DeformConvGeometry& g) const;
 
   /*!
-   * \brief Checks the tensors MXNet hands a forward call on a `device_type` ("cpu" or "gpu")
-   *        device, before any kernel reads them: their number, and the shape, dtype and device
-   *        of each input and of the output. Returns the call's geometry.
+   * \brief Checks the tensors MXNet hands a forward (or `backward`) call on a `device_type`
+   *        ("cpu" or "gpu") device, before any kernel reads them: their number, and the shape,
+   *        dtype and device of each, the output gradient (head gradient) and the gradients of a
+   *        backward call included (check_call_tensors). Returns the call's geometry.
    */
-  DeformConvGeometry check_forward_tensors(const std::vector<TensorInfo>& inputs,
-                                           const std::vector<TensorInfo>& outputs,
-                                           const std::string& device_type) const;
-
-  /*!
-   * \brief The same for a backward call, whose inputs are the output gradient (head gradient),
-   *        the forward inputs and the forward output, and whose outputs are the gradients of
-   *        the forward inputs.
-   */
-  DeformConvGeometry check_backward_tensors(const std::vector<TensorInfo>& inputs,
-                                            const std::vector<TensorInfo>& outputs,
-                                            const std::string& device_type) const;
+  DeformConvGeometry check_tensors(bool backward, const std::vector<TensorInfo>& inputs,
+                                   const std::vector<TensorInfo>& outputs,
+                                   const std::string& device_type) const;
 
   /*! \brief Temporary memory allowed per call, in bytes. */
   size_t workspace_bytes() const { return static_cast<size_t>(workspace_mb) << 20; }

@@ -232,27 +232,18 @@ std::vector<TensorSpec> PSROIPoolParam::input_specs(const PSROIPoolGeometry& g) 
   return specs;
 }
 
-PSROIPoolGeometry PSROIPoolParam::check_forward_tensors(const std::vector<TensorInfo>& inputs,
-                                                        const std::vector<TensorInfo>& outputs,
-                                                        const std::string& device_type) const {
+PSROIPoolGeometry PSROIPoolParam::check_tensors(bool backward,
+                                                const std::vector<TensorInfo>& inputs,
+                                                const std::vector<TensorInfo>& outputs,
+                                                const std::string& device_type) const {
   AttrReader r(kOpName);
-  check_tensor_counts(r, false, inputs.size(), outputs.size(), num_inputs());
+  check_tensor_counts(r, backward, inputs.size(), outputs.size(), num_inputs());
+  // A backward call's inputs start with the output gradient; the forward inputs follow it.
+  const size_t first = backward ? 1 : 0;
   std::vector<Shape64> shapes;
-  for (const TensorInfo& t : inputs) shapes.push_back(t.shape);
+  for (int i = 0; i < num_inputs(); ++i) shapes.push_back(inputs[first + i].shape);
   const PSROIPoolGeometry g = checked_geometry(shapes);
-  check_forward_call(r, device_type, inputs, outputs, input_specs(g), output_spec(g));
-  return g;
-}
-
-PSROIPoolGeometry PSROIPoolParam::check_backward_tensors(const std::vector<TensorInfo>& inputs,
-                                                         const std::vector<TensorInfo>& outputs,
-                                                         const std::string& device_type) const {
-  AttrReader r(kOpName);
-  check_tensor_counts(r, true, inputs.size(), outputs.size(), num_inputs());
-  std::vector<Shape64> shapes;
-  for (int i = 0; i < num_inputs(); ++i) shapes.push_back(inputs[1 + i].shape);
-  const PSROIPoolGeometry g = checked_geometry(shapes);
-  check_backward_call(r, device_type, inputs, outputs, input_specs(g), output_spec(g));
+  check_call_tensors(r, backward, device_type, inputs, outputs, input_specs(g), output_spec(g));
   return g;
 }
 

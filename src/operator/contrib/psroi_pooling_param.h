@@ -77,22 +77,14 @@ struct PSROIPoolParam {
   std::vector<TensorSpec> input_specs(const PSROIPoolGeometry& g) const;
 
   /*!
-   * \brief Checks the tensors MXNet hands a forward call on a `device_type` ("cpu" or "gpu")
-   *        device, before any kernel reads them: their number, and the shape, dtype and device
-   *        of each input and of the output. Returns the call's geometry.
+   * \brief Checks the tensors MXNet hands a forward (or `backward`) call on a `device_type`
+   *        ("cpu" or "gpu") device, before any kernel reads them: their number, and the shape,
+   *        dtype and device of each, the output gradient (head gradient) and the gradients of a
+   *        backward call included (check_call_tensors). Returns the call's geometry.
    */
-  PSROIPoolGeometry check_forward_tensors(const std::vector<TensorInfo>& inputs,
-                                          const std::vector<TensorInfo>& outputs,
-                                          const std::string& device_type) const;
-
-  /*!
-   * \brief The same for a backward call, whose inputs are the output gradient (head gradient),
-   *        the forward inputs and the forward output, and whose outputs are the gradients of
-   *        the forward inputs.
-   */
-  PSROIPoolGeometry check_backward_tensors(const std::vector<TensorInfo>& inputs,
-                                           const std::vector<TensorInfo>& outputs,
-                                           const std::string& device_type) const;
+  PSROIPoolGeometry check_tensors(bool backward, const std::vector<TensorInfo>& inputs,
+                                  const std::vector<TensorInfo>& outputs,
+                                  const std::string& device_type) const;
 };
 
 }  // namespace dcnv2_mx

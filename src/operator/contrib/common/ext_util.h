@@ -76,16 +76,12 @@ std::vector<TensorInfo> describe(const std::vector<mxnet::ext::MXTensor>& tensor
 /*!
  * \brief Checks every tensor MXNet hands a compute call of parameters `p` on the CPU (or, `gpu`,
  *        the GPU) before run() reads any: their number, and the shape, dtype and device of each,
- *        the head gradient included (Param::check_forward_tensors, check_backward_tensors).
+ *        the head gradient included (Param::check_tensors).
  */
 template <typename Param>
 void check_call(const Param& p, bool backward, const std::vector<mxnet::ext::MXTensor>& inputs,
                 const std::vector<mxnet::ext::MXTensor>& outputs, bool gpu) {
-  const char* device_type = gpu ? "gpu" : "cpu";
-  if (backward)
-    p.check_backward_tensors(describe(inputs), describe(outputs), device_type);
-  else
-    p.check_forward_tensors(describe(inputs), describe(outputs), device_type);
+  p.check_tensors(backward, describe(inputs), describe(outputs), gpu ? "gpu" : "cpu");
 }
 
 /*!

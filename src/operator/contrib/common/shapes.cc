@@ -79,7 +79,7 @@ void check_tensor_counts(const AttrReader& r, bool backward, size_t inputs, size
 
 namespace {
 
-/*! \brief check_forward_call for `tensors` of `specs`; tensors[reference] sets dtype and device. */
+/*! \brief Checks `tensors` against `specs`; tensors[reference] sets dtype and device. */
 void check_tensors(const AttrReader& r, const std::string& device_type,
                    const std::vector<TensorInfo>& tensors, const std::vector<TensorSpec>& specs,
                    size_t reference) {
@@ -107,34 +107,25 @@ void check_tensors(const AttrReader& r, const std::string& device_type,
 
 }  // namespace
 
-void check_forward_call(const AttrReader& r, const std::string& device_type,
+void check_call_tensors(const AttrReader& r, bool backward, const std::string& device_type,
                         const std::vector<TensorInfo>& inputs,
                         const std::vector<TensorInfo>& outputs,
                         const std::vector<TensorSpec>& input_specs, const TensorSpec& output_spec) {
   std::vector<TensorInfo> tensors = inputs;
   tensors.insert(tensors.end(), outputs.begin(), outputs.end());
-  std::vector<TensorSpec> specs = input_specs;
-  specs.push_back(output_spec);
-  check_tensors(r, device_type, tensors, specs, 0);
-}
-
-void check_backward_call(const AttrReader& r, const std::string& device_type,
-                         const std::vector<TensorInfo>& inputs,
-                         const std::vector<TensorInfo>& outputs,
-                         const std::vector<TensorSpec>& input_specs,
-                         const TensorSpec& output_spec) {
-  std::vector<TensorInfo> tensors = inputs;
-  tensors.insert(tensors.end(), outputs.begin(), outputs.end());
+  std::vector<TensorSpec> specs;
   // An autograd user can hand backward() any array as the head gradient; MXNet checks it
   // against the output for built-in operators only.
-  std::vector<TensorSpec> specs = {{"the output gradient (head gradient)", output_spec.shape,
-                                    "the output is " + shape_str(output_spec.shape)}};
+  if (backward)
+    specs.push_back({"the output gradient (head gradient)", output_spec.shape,
+                     "the output is " + shape_str(output_spec.shape)});
   specs.insert(specs.end(), input_specs.begin(), input_specs.end());
   specs.push_back(output_spec);
-  for (const TensorSpec& in : input_specs)
-    specs.push_back({"the gradient of " + in.role, in.shape,
-                     "the input is " + shape_str(in.shape)});
-  check_tensors(r, device_type, tensors, specs, 1);  // the forward data sets dtype and device
+  if (backward)
+    for (const TensorSpec& in : input_specs)
+      specs.push_back({"the gradient of " + in.role, in.shape,
+                       "the input is " + shape_str(in.shape)});
+  check_tensors(r, device_type, tensors, specs, backward ? 1 : 0);  // the forward data
 }
 
 }  // namespace dcnv2_mx

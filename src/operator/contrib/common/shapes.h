@@ -79,26 +79,18 @@ void check_tensor_counts(const AttrReader& r, bool backward, size_t inputs, size
                          int forward_inputs);
 
 /*!
- * \brief Checks every tensor of a forward call (`inputs`, then the one output) against the specs
- *        of the inputs and of the output, before any kernel reads memory: each must be on a
- *        `device_type` device, the device of the first input, have its dtype, and have exactly
- *        the spec's shape. Throws (through `r`) naming the first tensor that does not. The
- *        tensor counts must have been checked.
+ * \brief Checks every tensor of a call against the specs of the forward inputs and output, before
+ *        any kernel reads memory: each must be on a `device_type` device, the device of the
+ *        (forward) data input, have its dtype, and have exactly its expected shape. A forward
+ *        call's tensors are the inputs, then the output; a backward call's are the output
+ *        gradient (head gradient), the forward inputs and the forward output, then the gradients
+ *        of the forward inputs. Throws (through `r`) naming the first tensor that does not
+ *        match. The tensor counts must have been checked (check_tensor_counts).
  */
-void check_forward_call(const AttrReader& r, const std::string& device_type,
+void check_call_tensors(const AttrReader& r, bool backward, const std::string& device_type,
                         const std::vector<TensorInfo>& inputs,
                         const std::vector<TensorInfo>& outputs,
                         const std::vector<TensorSpec>& input_specs, const TensorSpec& output_spec);
-
-/*!
- * \brief The same for a backward call: inputs are the output gradient (head gradient), the
- *        forward inputs and the forward output; outputs the gradients of the forward inputs.
- */
-void check_backward_call(const AttrReader& r, const std::string& device_type,
-                         const std::vector<TensorInfo>& inputs,
-                         const std::vector<TensorInfo>& outputs,
-                         const std::vector<TensorSpec>& input_specs,
-                         const TensorSpec& output_spec);
 
 }  // namespace dcnv2_mx
 

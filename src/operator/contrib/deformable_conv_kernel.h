@@ -35,6 +35,13 @@ struct DeformConvGeometry {
   /*! \brief Channels of the offset input: 2 * dg * K, interleaved (dy, dx) per tap. */
   DCN_HD index_t offset_channels() const { return 2 * deformable_groups * taps(); }
   DCN_HD index_t mask_channels() const { return deformable_groups * taps(); }
+  /*! \brief Row (column) of the map under tap row i (column j) at output row ho (column wo). */
+  DCN_HD index_t tap_origin_y(index_t ho, index_t i) const {
+    return ho * stride_h - pad_h + i * dilate_h;
+  }
+  DCN_HD index_t tap_origin_x(index_t wo, index_t j) const {
+    return wo * stride_w - pad_w + j * dilate_w;
+  }
 };
 
 /*!
@@ -52,8 +59,8 @@ DCN_HD BilinearSample<Acc> tap_sample_at(const DeformConvGeometry& g, const T* o
   const index_t ch = dgroup * 2 * g.taps() + 2 * k;
   const Acc dy = static_cast<Acc>(offset_n[ch * plane + pix]);
   const Acc dx = static_cast<Acc>(offset_n[(ch + 1) * plane + pix]);
-  const Acc py = static_cast<Acc>(ho * g.stride_h - g.pad_h + i * g.dilate_h) + dy;
-  const Acc px = static_cast<Acc>(wo * g.stride_w - g.pad_w + j * g.dilate_w) + dx;
+  const Acc py = static_cast<Acc>(g.tap_origin_y(ho, i)) + dy;
+  const Acc px = static_cast<Acc>(g.tap_origin_x(wo, j)) + dx;
   *m = mask_n ? static_cast<Acc>(mask_n[(dgroup * g.taps() + k) * plane + pix]) : Acc(1);
   return make_sample<Acc>(py, px, static_cast<int>(g.height), static_cast<int>(g.width));
 }

@@ -211,7 +211,7 @@ DCN_HD void bin_scatter(T* plane_grad, const PoolBin<Acc>& b, int samples, int h
                         Acc grad, Add add = Add()) {
   for (int ih = 0; ih < samples; ++ih)
     for (int iw = 0; iw < samples; ++iw)
-      scatter<T, Acc, Add>(plane_grad, bin_sample(b, ih, iw, height, width), grad, 1, add);
+      scatter<T, Acc, Add>(plane_grad, bin_sample(b, ih, iw, height, width), grad, add);
 }
 
 /*! \brief Inputs and output of one forward call (pointers on the call's device). */

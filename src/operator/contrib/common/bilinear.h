@@ -28,56 +28,66 @@ struct BilinearSample {
   uint32_t valid;     //!< bit i set iff corner i lies on the map
 };
 
-/*! \brief The sample at (py, px) on an H x W map under the DCNv2 border rule. */
+/*!
+ * \brief Weights of the four corners of a cell at fractional position (ly, lx) inside it, corner
+ *        i at (i/2, i%2).
+ */
+template <typename Acc>
+DCN_HD void bilinear_weights(Acc ly, Acc lx, Acc w[4]) {
+  const Acc hy = Acc(1) - ly, hx = Acc(1) - lx;
+  w[0] = hy * hx;
+  w[1] = hy * lx;
+  w[2] = ly * hx;
+  w[3] = ly * lx;
+}
+
+/*!
+ * \brief The sample at (py, px) on an H x W map under the DCNv2 border rule. Branch-free, so that
+ *        the CPU's loops over output pixels vectorise.
+ */
 template <typename Acc>
 DCN_HD BilinearSample<Acc> make_sample(Acc py, Acc px, int height, int width) {
+  // Written so that NaN positions fail the test and are treated as outside. Every comparison
+  // is evaluated (& not &&): that way the compiler may turn the tests into selects.
+  const bool used = (py > Acc(-1)) & (px > Acc(-1)) & (py < Acc(height)) & (px < Acc(width));
+  // An unused position becomes (0, 0), whose conversion to int is defined; its corners are all
+  // marked off the map below, and ly = lx = 0.
+  const Acc y = used ? py : Acc(0), x = used ? px : Acc(0);
+  const int y0 = floor_to_int(y), x0 = floor_to_int(x);
   BilinearSample<Acc> s;
+  s.ly = y - Acc(y0);
+  s.lx = x - Acc(x0);
+  Acc w[4];
+  bilinear_weights(s.ly, s.lx, w);
   s.valid = 0;
-  s.ly = s.lx = Acc(0);
 DCN_UNROLL
   for (int i = 0; i < 4; ++i) {
-    s.offset[i] = 0;
-    s.weight[i] = Acc(0);
-  }
-  // Written so that NaN positions fail the test and are treated as outside.
-  if (!(py > Acc(-1) && px > Acc(-1) && py < Acc(height) && px < Acc(width))) return s;
-  const int y0 = floor_to_int(py);
-  const int x0 = floor_to_int(px);
-  s.ly = py - Acc(y0);
-  s.lx = px - Acc(x0);
-  const Acc hy = Acc(1) - s.ly, hx = Acc(1) - s.lx;
-  const Acc w[4] = {hy * hx, hy * s.lx, s.ly * hx, s.ly * s.lx};
-DCN_UNROLL
-  for (int i = 0; i < 4; ++i) {
-    const int y = y0 + (i >> 1), x = x0 + (i & 1);
-    if (y >= 0 && y < height && x >= 0 && x < width) {
-      s.valid |= 1u << i;
-      s.offset[i] = y * width + x;
-      s.weight[i] = w[i];
-    }
+    const int cy = y0 + (i >> 1), cx = x0 + (i & 1);
+    const bool on_map = used & (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width);
+    s.valid |= static_cast<uint32_t>(on_map) << i;
+    s.offset[i] = on_map ? cy * width + cx : 0;
+    s.weight[i] = on_map ? w[i] : Acc(0);
   }
   return s;
 }
 
 /*!
- * \brief Value of corner i of a sample (0 off the map). The map is read at
- *        `map[offset * stride]`: stride 1 for one channel plane (NCHW), stride C for channel c
- *        of a pixel-major (NHWC) copy at `map = base + c`. The load is always in bounds (offset 0
- *        for corners off the map) and the select keeps a non-finite value there out of the
- *        result, so the function is branch-free and vectorises over channels.
+ * \brief Value of corner i of a sample on one channel plane (0 off the map). The load is always
+ *        in bounds (offset 0 for corners off the map) and the select keeps a non-finite value
+ *        there out of the result, so the function is branch-free.
  */
 template <typename T, typename Acc>
-DCN_HD Acc corner_value(const T* map, const BilinearSample<Acc>& s, int i, index_t stride = 1) {
-  const Acc v = static_cast<Acc>(map[s.offset[i] * stride]);
+DCN_HD Acc corner_value(const T* map, const BilinearSample<Acc>& s, int i) {
+  const Acc v = static_cast<Acc>(map[s.offset[i]]);
   return ((s.valid >> i) & 1u) ? v : Acc(0);
 }
 
 /*! \brief Bilinear value of a sample on one channel (one im2col element before modulation). */
 template <typename T, typename Acc>
-DCN_HD Acc gather(const T* map, const BilinearSample<Acc>& s, index_t stride = 1) {
+DCN_HD Acc gather(const T* map, const BilinearSample<Acc>& s) {
   Acc v = Acc(0);
 DCN_UNROLL
-  for (int i = 0; i < 4; ++i) v += s.weight[i] * corner_value<T, Acc>(map, s, i, stride);
+  for (int i = 0; i < 4; ++i) v += s.weight[i] * corner_value<T, Acc>(map, s, i);
   return v;
 }
 
@@ -96,11 +106,23 @@ struct PlainAdd {
  *        kernels pass an atomic add.
  */
 template <typename T, typename Acc, typename Add = PlainAdd>
-DCN_HD void scatter(T* map, const BilinearSample<Acc>& s, Acc grad, index_t stride = 1,
-                    Add add = Add()) {
+DCN_HD void scatter(T* map, const BilinearSample<Acc>& s, Acc grad, Add add = Add()) {
 DCN_UNROLL
   for (int i = 0; i < 4; ++i)
-    if ((s.valid >> i) & 1u) add(&map[s.offset[i] * stride], s.weight[i] * grad);
+    if ((s.valid >> i) & 1u) add(&map[s.offset[i]], s.weight[i] * grad);
+}
+
+/*!
+ * \brief The bilinear value of corner values c (corner i at (y0 + i/2, x0 + i%2)) under weights w
+ *        and its derivatives with respect to the sampling position (y, then x) at fractional
+ *        position (ly, lx) inside the cell.
+ */
+template <typename Acc>
+DCN_HD void blend_and_slopes(const Acc c[4], const Acc w[4], Acc ly, Acc lx, Acc* value,
+                             Acc* dv_dy, Acc* dv_dx) {
+  *value = w[0] * c[0] + w[1] * c[1] + w[2] * c[2] + w[3] * c[3];
+  *dv_dy = (Acc(1) - lx) * (c[2] - c[0]) + lx * (c[3] - c[1]);
+  *dv_dx = (Acc(1) - ly) * (c[1] - c[0]) + ly * (c[3] - c[2]);
 }
 
 /*!
@@ -109,14 +131,11 @@ DCN_UNROLL
  */
 template <typename T, typename Acc>
 DCN_HD void value_and_position_grad(const T* map, const BilinearSample<Acc>& s, Acc* value,
-                                    Acc* dv_dy, Acc* dv_dx, index_t stride = 1) {
-  const Acc c00 = corner_value<T, Acc>(map, s, 0, stride);
-  const Acc c01 = corner_value<T, Acc>(map, s, 1, stride);
-  const Acc c10 = corner_value<T, Acc>(map, s, 2, stride);
-  const Acc c11 = corner_value<T, Acc>(map, s, 3, stride);
-  *value = s.weight[0] * c00 + s.weight[1] * c01 + s.weight[2] * c10 + s.weight[3] * c11;
-  *dv_dy = (Acc(1) - s.lx) * (c10 - c00) + s.lx * (c11 - c01);
-  *dv_dx = (Acc(1) - s.ly) * (c01 - c00) + s.ly * (c11 - c10);
+                                    Acc* dv_dy, Acc* dv_dx) {
+  Acc c[4];
+DCN_UNROLL
+  for (int i = 0; i < 4; ++i) c[i] = corner_value<T, Acc>(map, s, i);
+  blend_and_slopes(c, s.weight, s.ly, s.lx, value, dv_dy, dv_dx);
 }
 
 }  // namespace dcnv2_mx

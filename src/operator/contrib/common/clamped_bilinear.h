@@ -46,11 +46,7 @@ DCN_HD BilinearSample<Acc> make_clamped_sample(Acc py, Acc px, int height, int w
   const int y1 = y0 + (py > Acc(y0) ? 1 : 0), x1 = x0 + (px > Acc(x0) ? 1 : 0);
   s.ly = py - Acc(y0);
   s.lx = px - Acc(x0);
-  const Acc hy = Acc(1) - s.ly, hx = Acc(1) - s.lx;
-  s.weight[0] = hy * hx;
-  s.weight[1] = hy * s.lx;
-  s.weight[2] = s.ly * hx;
-  s.weight[3] = s.ly * s.lx;
+  bilinear_weights(s.ly, s.lx, s.weight);
   s.offset[0] = y0 * width + x0;
   s.offset[1] = y0 * width + x1;
   s.offset[2] = y1 * width + x0;

@@ -26,11 +26,14 @@ namespace dcnv2_mx {
 /*! \brief Index type for whole tensors: products of shapes can exceed 2^31. */
 using index_t = int64_t;
 
-/*! \brief Floor that is exact for the range in which samples are used (|v| < 2^31). */
+/*!
+ * \brief Floor that is exact for the range in which samples are used (|v| < 2^31). Branch-free
+ *        (a subtraction, not a select), so that loops over samples vectorise.
+ */
 template <typename Acc>
 DCN_HD int floor_to_int(Acc v) {
   const int i = static_cast<int>(v);
-  return (static_cast<Acc>(i) > v) ? i - 1 : i;
+  return i - static_cast<int>(static_cast<Acc>(i) > v);
 }
 
 /*!

@@ -31,10 +31,14 @@
  * across runs for a given thread count.
  */
 #include <omp.h>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "../deformable_conv_kernel.h"
@@ -65,17 +69,40 @@ struct ThreadTile {
   index_t n0, first, count;
 };
 
+/*!
+ * \brief One bilinear sample as im2col and col2im use it: the pixels of its four corners within
+ *        the image of its output pixel, and the corners' weights with the modulation folded in,
+ *        so that a column element is four multiply-adds over contiguous channel vectors.
+ *
+ * A corner off the map has weight 0 * m (NaN for a NaN mask, as the release's m * 0) and pixel
+ * `outside_pixel`: with image copies the zero pixel kept after the block's images (and the sink
+ * pixel after a thread's image gradients), so the channel loops read and write it without a
+ * test; direct, -1, which the loops test.
+ */
+template <typename Acc>
+struct TapSample {
+  int32_t pixel[4];
+  Acc weight[4];
+};
+
+/*! \brief What backward's position and mask gradients need of a sample besides its TapSample. */
+template <typename Acc>
+struct TapPosition {
+  Acc ly, lx;  //!< fractional position inside the cell (0 for a sample off the map)
+  Acc m;       //!< modulation
+};
+
 /*! \brief One thread's sub-buffers of the scratch block. */
 template <typename T, typename Acc>
 struct ThreadBuffers {
-  BilinearSample<Acc>* samples;  //!< (dg, K, tile pixels)
-  Acc* modulation;               //!< (dg, K, tile pixels)
-  T* col;                        //!< (tile pixels, G, K, C/G)
-  T* col_grad;                   //!< the same for its gradient (backward)
-  T* out_tile;                   //!< (tile pixels, F): the forward GEMM's result (forward)
-  T* image_grads;                //!< (block images, HW, C): this thread's part (backward with
-                                 //!< image copies)
-  T* weight_grad;                //!< (G, F/G, K, C/G): this thread's part (backward)
+  TapSample<Acc>* taps;         //!< (tile pixels, dg, K)
+  TapPosition<Acc>* positions;  //!< (tile pixels, dg, K) (backward)
+  T* col;                       //!< (tile pixels, G, K, C/G)
+  T* col_grad;                  //!< the same for its gradient (backward)
+  T* out_tile;                  //!< (tile pixels, F): the forward GEMM's result (forward)
+  T* image_grads;               //!< (block images, HW, C): this thread's part (backward with
+                                //!< image copies)
+  T* weight_grad;               //!< (G, F/G, K, C/G): this thread's part (backward)
 };
 
 /*!
@@ -85,7 +112,7 @@ struct ThreadBuffers {
  */
 template <typename T, typename Acc>
 struct CpuBuffers {
-  T* images;  //!< (block images, HW, C), pixel-major; null when the call runs direct
+  T* images;  //!< (block images, HW, C), pixel-major, and a zero pixel; null when direct
   T* weight;  //!< (G, F/G, K, C/G): the permuted weight
   std::vector<ThreadBuffers<T, Acc>> threads;
   size_t bytes;  //!< scratch these buffers need
@@ -93,25 +120,72 @@ struct CpuBuffers {
   CpuBuffers(const DeformConvGeometry& g, const CpuTilePlan& plan, Scratch scratch, bool backward) {
     ScratchCarver carver(scratch);
     const size_t tile = static_cast<size_t>(plan.tile);
-    const size_t images_n = static_cast<size_t>(plan.images * g.channels * g.in_plane());
+    // One more pixel after the images: the zero pixel (sink) of corners off the map.
+    const size_t image_grads_n = static_cast<size_t>(plan.images * g.in_plane() * g.channels);
+    const size_t images_n = image_grads_n + static_cast<size_t>(g.channels);
     const size_t weight_n = static_cast<size_t>(g.filters * g.col_rows_per_group());
     const size_t samples_n = static_cast<size_t>(g.deformable_groups * g.taps()) * tile;
     const size_t col_n = static_cast<size_t>(g.channels * g.taps()) * tile;
     images = plan.image_copies ? carver.take<T>(images_n) : nullptr;
+    if (images)  // the zero pixel: never written again
+      std::memset(images + image_grads_n, 0, sizeof(T) * static_cast<size_t>(g.channels));
     weight = carver.take<T>(weight_n);
     threads.resize(static_cast<size_t>(plan.threads));
     for (ThreadBuffers<T, Acc>& own : threads) {  // each take is 64-byte aligned: no false sharing
-      own.samples = carver.take<BilinearSample<Acc>>(samples_n);
-      own.modulation = carver.take<Acc>(samples_n);
+      own.taps = carver.take<TapSample<Acc>>(samples_n);
+      own.positions = backward ? carver.take<TapPosition<Acc>>(samples_n) : nullptr;
       own.col = carver.take<T>(col_n);
       own.col_grad = backward ? carver.take<T>(col_n) : nullptr;
       own.out_tile = backward ? nullptr : carver.take<T>(static_cast<size_t>(g.filters) * tile);
-      own.image_grads = backward && plan.image_copies ? carver.take<T>(images_n) : nullptr;
+      own.image_grads = backward && plan.image_copies ? carver.take<T>(image_grads_n) : nullptr;
       own.weight_grad = backward ? carver.take<T>(weight_n) : nullptr;
     }
     bytes = carver.bytes_needed();
   }
 };
+
+/*! \brief dst[c * dst_ld + r] (+)= src[r * src_ld + c] for r in [r0, r1), c in [c0, c1). */
+template <bool kAccumulate, typename T>
+void transpose_block(const T* src, index_t src_ld, T* dst, index_t dst_ld, index_t r0, index_t r1,
+                     index_t c0, index_t c1) {
+  for (index_t c = c0; c < c1; ++c)
+    for (index_t r = r0; r < r1; ++r) {
+      const T v = src[r * src_ld + c];
+      dst[c * dst_ld + r] = kAccumulate ? dst[c * dst_ld + r] + v : v;
+    }
+}
+
+#if defined(__AVX__)
+/*!
+ * \brief The 8 x 8 float block at src (+)= into dst, transposed in registers: the scalar loop
+ *        becomes strided single loads, several times slower on the image copies and the output.
+ */
+template <bool kAccumulate>
+void transpose_8x8(const float* src, index_t src_ld, float* dst, index_t dst_ld) {
+  __m256 r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_ld);
+  for (int i = 0; i < 8; i += 2) {  // pairs of rows interleaved
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // columns (c, c + 4) of four rows
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int c = 0; c < 4; ++c) {  // the halves of rows 0-3 and 4-7 joined: columns c and c + 4
+    __m256 low = _mm256_permute2f128_ps(u[c], u[c + 4], 0x20);
+    __m256 high = _mm256_permute2f128_ps(u[c], u[c + 4], 0x31);
+    if (kAccumulate) {
+      low = _mm256_add_ps(_mm256_loadu_ps(dst + c * dst_ld), low);
+      high = _mm256_add_ps(_mm256_loadu_ps(dst + (c + 4) * dst_ld), high);
+    }
+    _mm256_storeu_ps(dst + c * dst_ld, low);
+    _mm256_storeu_ps(dst + (c + 4) * dst_ld, high);
+  }
+}
+#endif
 
 /*!
  * \brief dst[c * dst_ld + r] = src[r * src_ld + c] (or += with kAccumulate) for a rows x cols
@@ -124,11 +198,17 @@ void transpose_2d(const T* src, index_t rows, index_t cols, index_t src_ld, T* d
   for (index_t r0 = 0; r0 < rows; r0 += kBlock)
     for (index_t c0 = 0; c0 < cols; c0 += kBlock) {
       const index_t r1 = std::min(rows, r0 + kBlock), c1 = std::min(cols, c0 + kBlock);
-      for (index_t c = c0; c < c1; ++c)
-        for (index_t r = r0; r < r1; ++r) {
-          const T v = src[r * src_ld + c];
-          dst[c * dst_ld + r] = kAccumulate ? dst[c * dst_ld + r] + v : v;
+      index_t r = r0;
+#if defined(__AVX__)
+      if constexpr (std::is_same<T, float>::value)
+        for (; r + 8 <= r1; r += 8) {
+          index_t c = c0;
+          for (; c + 8 <= c1; c += 8)
+            transpose_8x8<kAccumulate>(src + r * src_ld + c, src_ld, dst + c * dst_ld + r, dst_ld);
+          transpose_block<kAccumulate>(src, src_ld, dst, dst_ld, r, r + 8, c, c1);
         }
+#endif
+      transpose_block<kAccumulate>(src, src_ld, dst, dst_ld, r, r1, c0, c1);
     }
 }
 
@@ -244,33 +324,86 @@ const T* image_mask(const DeformConvGeometry& g, const T* mask, index_t n) {
 }
 
 /*!
- * \brief Samples of every tile pixel for every deformable group and tap, stored at
- *        [(dgroup * K + k) * tile.count + t]. Pixel coordinates are stepped, not divided out,
- *        per sample: 64-bit divisions would dominate this loop.
+ * \brief The pixel that stands for corners off the map in the samples of image `image` of a
+ *        block (see TapSample): with image copies the block's zero pixel, counted from that
+ *        image's copy; direct, -1.
  */
-template <typename T, typename Acc>
-void build_samples(const DeformConvGeometry& g, const T* offset, const T* mask, const ThreadTile& tile,
-                   const ThreadBuffers<T, Acc>& own) {
-  const index_t P = g.out_plane(), K = g.taps();
-  for (index_t row = 0; row < g.deformable_groups * K; ++row) {  // row = dgroup * K + k
-    const index_t dgroup = row / K, k = row - dgroup * K;
-    const index_t i = k / g.kernel_w, j = k - i * g.kernel_w;
-    index_t n = tile.n0 + tile.first / P, p = tile.first % P;
-    index_t ho = p / g.out_w, wo = p - ho * g.out_w;
-    for (index_t t = 0; t < tile.count; ++t) {
-      own.samples[row * tile.count + t] =
-          tap_sample_at<T, Acc>(g, image_offset(g, offset, n), image_mask(g, mask, n), dgroup, k,
-                                i, j, ho, wo, &own.modulation[row * tile.count + t]);
-      if (++wo == g.out_w) {
-        wo = 0;
-        ++ho;
-      }
-      if (++p == P) {  // next image of the block
-        ++n;
-        p = ho = wo = 0;
-      }
+template <bool kDirect>
+int32_t outside_pixel(const DeformConvGeometry& g, const CpuTilePlan& plan, index_t image) {
+  // Fits: a block of more than one image is at most kBlockBytes; one image's pixels fit int32.
+  return kDirect ? -1 : static_cast<int32_t>((plan.images - image) * g.in_plane());
+}
+
+/*!
+ * \brief The samples of tap k = (i, j) at `count` consecutive output pixels of one output row,
+ *        whose offsets (dy, dx) and (kMasked) modulation m are contiguous: taps[t * stride] and
+ *        (kPositions) positions[t * stride] for t < count. Straight-line code over contiguous
+ *        inputs, with no test that the compiler could not turn into a select: it vectorises.
+ */
+template <bool kMasked, bool kPositions, typename T, typename Acc>
+void build_row_samples(const DeformConvGeometry& g, index_t ho, index_t wo, index_t i, index_t j,
+                       const T* __restrict__ dy, const T* __restrict__ dx,
+                       const T* __restrict__ m, index_t count, int32_t outside, index_t stride,
+                       TapSample<Acc>* __restrict__ taps, TapPosition<Acc>* __restrict__ positions) {
+  const Acc origin_y = static_cast<Acc>(g.tap_origin_y(ho, i));
+  // Columns in int: the conversion of a 64-bit integer to floating point has no AVX2 vector form.
+  // They fit: an output row maps onto the input's width (an int) plus padding.
+  const int origin_x = static_cast<int>(g.tap_origin_x(wo, j)), stride_w = g.stride_w;
+  const int height = static_cast<int>(g.height), width = static_cast<int>(g.width);
+  for (index_t t = 0; t < count; ++t) {
+    const Acc py = origin_y + static_cast<Acc>(dy[t]);
+    const Acc px = static_cast<Acc>(origin_x + static_cast<int>(t) * stride_w) +
+                   static_cast<Acc>(dx[t]);
+    const Acc modulation = kMasked ? static_cast<Acc>(m[t]) : Acc(1);
+    const BilinearSample<Acc> s = make_sample<Acc>(py, px, height, width);
+    TapSample<Acc>& tap = taps[t * stride];
+    for (int c = 0; c < 4; ++c) {
+      tap.pixel[c] = (s.valid >> c) & 1u ? s.offset[c] : outside;
+      tap.weight[c] = s.weight[c] * modulation;
     }
+    if (kPositions) positions[t * stride] = TapPosition<Acc>{s.ly, s.lx, modulation};
   }
+}
+
+/*!
+ * \brief Samples of every tile pixel for every deformable group and tap, pixel-major at
+ *        [t * dg * K + dgroup * K + k]: the TapSamples, and in backward their TapPositions.
+ */
+template <bool kDirect, typename T, typename Acc>
+void build_samples(const DeformConvGeometry& g, const CpuTilePlan& plan, const T* offset,
+                   const T* mask, const ThreadTile& tile, const ThreadBuffers<T, Acc>& own) {
+  const index_t P = g.out_plane(), K = g.taps(), rows = g.deformable_groups * K;
+  for_image_runs(g, tile, [&](index_t n, index_t p0, index_t t0, index_t run) {
+    const T* offset_n = image_offset(g, offset, n);
+    const T* mask_n = image_mask(g, mask, n);
+    const int32_t outside = outside_pixel<kDirect>(g, plan, n - tile.n0);
+    // Output row by output row, where the offsets of a tap are contiguous.
+    for (index_t p = p0; p < p0 + run;) {
+      const index_t ho = p / g.out_w, wo = p - ho * g.out_w;
+      const index_t count = std::min(g.out_w - wo, p0 + run - p), t = t0 + (p - p0);
+      for (index_t row = 0; row < rows; ++row) {  // row = dgroup * K + k
+        const index_t k = row % K, i = k / g.kernel_w, j = k - i * g.kernel_w;
+        const T* dy = offset_n + 2 * row * P + p;
+        const T* m = mask_n ? mask_n + row * P + p : nullptr;
+        TapSample<Acc>* taps = own.taps + t * rows + row;
+        TapPosition<Acc>* positions = own.positions ? own.positions + t * rows + row : nullptr;
+        // One loop per case: a test inside would keep it from vectorising.
+        if (m && positions)
+          build_row_samples<true, true>(g, ho, wo, i, j, dy, dy + P, m, count, outside, rows,
+                                        taps, positions);
+        else if (m)
+          build_row_samples<true, false>(g, ho, wo, i, j, dy, dy + P, m, count, outside, rows,
+                                         taps, positions);
+        else if (positions)
+          build_row_samples<false, true>(g, ho, wo, i, j, dy, dy + P, m, count, outside, rows,
+                                         taps, positions);
+        else
+          build_row_samples<false, false>(g, ho, wo, i, j, dy, dy + P, m, count, outside, rows,
+                                          taps, positions);
+      }
+      p += count;
+    }
+  });
 }
 
 /*! \brief The pixel-major image (or image gradient) of tile pixel t within a block's copies. */
@@ -280,36 +413,44 @@ U* image_of(const DeformConvGeometry& g, const ThreadTile& tile, U* images, inde
 }
 
 /*!
- * \brief Channel c of an image: pixel-major copies hold it at image + c, one pixel every C
- *        elements; the NCHW input (kDirect) as a plane at image + c * H * W.
+ * \brief Element (pixel, channel c) of an image: pixel-major copies hold it at pixel * C + c,
+ *        the NCHW input (kDirect) at c * H * W + pixel.
  */
-template <bool kDirect, typename U>
-U* channel_map(const DeformConvGeometry& g, U* image, index_t c) {
-  return kDirect ? image + c * g.in_plane() : image + c;
-}
 template <bool kDirect>
-index_t pixel_stride(const DeformConvGeometry& g) {
-  return kDirect ? 1 : g.channels;
+index_t element_of(const DeformConvGeometry& g, index_t pixel, index_t c) {
+  return kDirect ? c * g.in_plane() + pixel : pixel * g.channels + c;
 }
 
-/*! \brief colT[t, grp, k, c] = m * bilinear(image(t)[c], sample(dgroup(c), k, t)). */
+/*!
+ * \brief Value of corner i of a sample on channel c of an image: direct, 0 for a corner off the
+ *        map (pixel -1); with copies the zero pixel gives that 0 without a test.
+ */
+template <bool kDirect, typename T, typename Acc>
+Acc corner_at(const DeformConvGeometry& g, const T* image, const TapSample<Acc>& s, int i,
+              index_t c) {
+  if (kDirect && s.pixel[i] < 0) return Acc(0);
+  return static_cast<Acc>(image[element_of<kDirect>(g, s.pixel[i], c)]);
+}
+
+/*! \brief colT[t, grp, k, c] = the modulated bilinear value of image(t)[c] at sample (dgroup(c), k). */
 template <bool kDirect, typename T, typename Acc>
 void im2col(const DeformConvGeometry& g, const ChannelRuns& runs, const ThreadTile& tile,
             const T* images, const ThreadBuffers<T, Acc>& own) {
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group();
-  const index_t stride = pixel_stride<kDirect>(g);
+  const index_t rows = g.deformable_groups * K;
   for (index_t t = 0; t < tile.count; ++t) {
     const T* image = image_of(g, tile, images, t);
+    const TapSample<Acc>* taps = own.taps + t * rows;
     T* col_t = own.col + t * C * K;
-    for (index_t k = 0; k < K; ++k)
-      for (const ChannelRun& run : runs) {
-        const index_t srow = (run.dgroup * K + k) * tile.count + t;
-        const BilinearSample<Acc> s = own.samples[srow];  // a local copy stays in registers
-        const Acc m = own.modulation[srow];
-        T* out = col_t + run.col_offset + k * cg - run.c0;
-        for (index_t c = run.c0; c < run.c1; ++c)
-          out[c] = static_cast<T>(
-              m * gather<T, Acc>(channel_map<kDirect>(g, image, c), s, stride));
+    for (const ChannelRun& run : runs)
+      for (index_t k = 0; k < K; ++k) {
+        const TapSample<Acc> s = taps[run.dgroup * K + k];  // a local copy stays in registers
+        T* __restrict__ out = col_t + run.col_offset + k * cg - run.c0;
+        for (index_t c = run.c0; c < run.c1; ++c) {
+          Acc v = s.weight[0] * corner_at<kDirect>(g, image, s, 0, c);
+          for (int i = 1; i < 4; ++i) v += s.weight[i] * corner_at<kDirect>(g, image, s, i, c);
+          out[c] = static_cast<T>(v);
+        }
       }
   }
 }
@@ -383,29 +524,37 @@ bool col_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile, const T*
  *        deformable group of the column gradient times the sample's position derivatives.
  */
 template <bool kDirect, typename T, typename Acc>
-void position_and_mask_grads(const DeformConvGeometry& g, const ChannelRuns& runs,
-                             const ThreadTile& tile, const T* images, const ThreadBuffers<T, Acc>& own,
-                             T* offset_grad, T* mask_grad) {
+void position_and_mask_grads(const DeformConvGeometry& g, const CpuTilePlan& plan,
+                             const ChannelRuns& runs, const ThreadTile& tile, const T* images,
+                             const ThreadBuffers<T, Acc>& own, T* offset_grad, T* mask_grad) {
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group(), P = g.out_plane();
-  const index_t stride = pixel_stride<kDirect>(g);
+  const index_t rows = g.deformable_groups * K;
   for (index_t t = 0; t < tile.count; ++t) {
-    const index_t f = tile.first + t, n = tile.n0 + f / P, p = f % P;
+    const index_t f = tile.first + t, image_index = f / P, n = tile.n0 + image_index;
+    const index_t p = f - image_index * P;
+    const int32_t outside = outside_pixel<kDirect>(g, plan, image_index);
     const T* image = image_of(g, tile, images, t);
     const T* dcol_t = own.col_grad + t * C * K;
-    for (index_t row = 0; row < g.deformable_groups * K; ++row) {  // row = dgroup * K + k
+    for (index_t row = 0; row < rows; ++row) {  // row = dgroup * K + k
       const index_t dgroup = row / K, k = row - dgroup * K;
-      const BilinearSample<Acc> s = own.samples[row * tile.count + t];
+      const TapSample<Acc> s = own.taps[t * rows + row];
+      const TapPosition<Acc> q = own.positions[t * rows + row];
       // One partial sum per channel lane, added up at the end: a single running sum would keep
       // the compiler from vectorising over channels.
       Acc lane_y[kLanes] = {}, lane_x[kLanes] = {}, lane_m[kLanes] = {};
-      if (s.valid)
+      // A sample off the map has no corner on it, and gradients 0 (not 0 * dcol).
+      const bool on_map = s.pixel[0] != outside || s.pixel[1] != outside ||
+                          s.pixel[2] != outside || s.pixel[3] != outside;
+      Acc w[4];
+      bilinear_weights(q.ly, q.lx, w);
+      if (on_map)
         for (const ChannelRun* run = runs.first_of(dgroup); run != runs.last_of(dgroup); ++run) {
           const T* dcol = dcol_t + run->col_offset + k * cg - run->c0;
           auto add = [&](index_t c, int lane) {
             const Acc d = static_cast<Acc>(dcol[c]);
-            Acc v, dv_dy, dv_dx;
-            value_and_position_grad<T, Acc>(channel_map<kDirect>(g, image, c), s, &v, &dv_dy,
-                                            &dv_dx, stride);
+            Acc corners[4], v, dv_dy, dv_dx;
+            for (int i = 0; i < 4; ++i) corners[i] = corner_at<kDirect>(g, image, s, i, c);
+            blend_and_slopes(corners, w, q.ly, q.lx, &v, &dv_dy, &dv_dx);
             lane_y[lane] += d * dv_dy;
             lane_x[lane] += d * dv_dx;
             lane_m[lane] += d * v;
@@ -422,14 +571,12 @@ void position_and_mask_grads(const DeformConvGeometry& g, const ChannelRuns& run
           lane_x[lane] += lane_x[lane + half];
           lane_m[lane] += lane_m[lane + half];
         }
-      const Acc sum_y = lane_y[0], sum_x = lane_x[0], sum_m = lane_m[0];
-      const Acc m = own.modulation[row * tile.count + t];
       if (offset_grad) {
         T* grad_y = offset_grad + (n * g.offset_channels() + dgroup * 2 * K + 2 * k) * P + p;
-        grad_y[0] = static_cast<T>(sum_y * m);
-        grad_y[P] = static_cast<T>(sum_x * m);
+        grad_y[0] = static_cast<T>(lane_y[0] * q.m);
+        grad_y[P] = static_cast<T>(lane_x[0] * q.m);
       }
-      if (mask_grad) mask_grad[(n * g.mask_channels() + row) * P + p] = static_cast<T>(sum_m);
+      if (mask_grad) mask_grad[(n * g.mask_channels() + row) * P + p] = static_cast<T>(lane_m[0]);
     }
   }
 }
@@ -441,26 +588,33 @@ void position_and_mask_grads(const DeformConvGeometry& g, const ChannelRuns& run
  *        block, channels [c_begin, c_end) only.
  */
 template <bool kDirect, typename T, typename Acc>
-void col2im(const DeformConvGeometry& g, const ChannelRuns& runs, const ThreadTile& tile,
-            const ThreadBuffers<T, Acc>& src, T* image_grads, index_t c_begin, index_t c_end) {
-  const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group();
-  const index_t stride = pixel_stride<kDirect>(g);
+void col2im(const DeformConvGeometry& g, const CpuTilePlan& plan, const ChannelRuns& runs,
+            const ThreadTile& tile, const ThreadBuffers<T, Acc>& src, T* image_grads,
+            index_t c_begin, index_t c_end) {
+  const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group(), P = g.out_plane();
+  const index_t rows = g.deformable_groups * K;
   for (index_t t = 0; t < tile.count; ++t) {
+    const int32_t outside = outside_pixel<kDirect>(g, plan, (tile.first + t) / P);
     T* image_grad = image_of(g, tile, image_grads, t);
     const T* dcol_t = src.col_grad + t * C * K;
-    for (index_t k = 0; k < K; ++k)
-      for (const ChannelRun& run : runs) {
-        const index_t c0 = kDirect ? std::max(run.c0, c_begin) : run.c0;
-        const index_t c1 = kDirect ? std::min(run.c1, c_end) : run.c1;
-        const index_t srow = (run.dgroup * K + k) * tile.count + t;
-        const BilinearSample<Acc> s = src.samples[srow];
-        if (!s.valid || (kDirect && c0 >= c1)) continue;
-        const Acc m = src.modulation[srow];
-        const T* dcol = dcol_t + run.col_offset + k * cg - run.c0;
-        for (index_t c = c0; c < c1; ++c)
-          scatter<T, Acc>(channel_map<kDirect>(g, image_grad, c), s,
-                          m * static_cast<Acc>(dcol[c]), stride);
+    for (const ChannelRun& run : runs) {
+      const index_t c0 = kDirect ? std::max(run.c0, c_begin) : run.c0;
+      const index_t c1 = kDirect ? std::min(run.c1, c_end) : run.c1;
+      if (c0 >= c1) continue;
+      for (index_t k = 0; k < K; ++k) {
+        const TapSample<Acc> s = src.taps[t * rows + run.dgroup * K + k];
+        const T* __restrict__ dcol = dcol_t + run.col_offset + k * cg - run.c0;
+        // Corner by corner: the corners of a sample are distinct pixels, so each pass is one
+        // plain vector update, and each element still gets its terms in the same order.
+        for (int i = 0; i < 4; ++i) {
+          if (s.pixel[i] == outside) continue;
+          T* __restrict__ corner = image_grad + element_of<kDirect>(g, s.pixel[i], 0);
+          const index_t channel_stride = element_of<kDirect>(g, 0, 1);
+          for (index_t c = c0; c < c1; ++c)
+            corner[c * channel_stride] += static_cast<T>(s.weight[i] * static_cast<Acc>(dcol[c]));
+        }
       }
+    }
   }
 }
 
@@ -531,7 +685,7 @@ void forward_blocks(const DeformConvGeometry& g, const DeformConvForwardArgs<T>&
 #pragma omp barrier  // the images and the weight are ready
       const T* images = kDirect ? a.data + n0 * C * HW : buf.images;
       for_own_tiles(g, plan, n0, n1, [&](const ThreadTile& tile) {
-        build_samples<T, Acc>(g, a.offset, a.mask, tile, own);
+        build_samples<kDirect, T, Acc>(g, plan, a.offset, a.mask, tile, own);
         im2col<kDirect, T, Acc>(g, runs, tile, images, own);
         ok = forward_gemm<T, Acc>(g, tile, buf.weight, own, a.bias, a.out) && ok;
       });
@@ -566,7 +720,7 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
     }
     // Everything of one tile but the data gradient's scatter.
     auto tile_grads = [&](const ThreadTile& tile, const T* images) {
-      build_samples<T, Acc>(g, a.in.offset, a.in.mask, tile, own);
+      build_samples<kDirect, T, Acc>(g, plan, a.in.offset, a.in.mask, tile, own);
       if (a.weight_grad) {
         im2col<kDirect, T, Acc>(g, runs, tile, images, own);
         ok = weight_grad_gemm<T, Acc>(g, tile, own, a.out_grad) && ok;
@@ -574,7 +728,7 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
       if (need_col_grad) {
         ok = col_grad_gemm<T, Acc>(g, tile, buf.weight, own, a.out_grad) && ok;
         if (a.offset_grad || a.mask_grad)
-          position_and_mask_grads<kDirect, T, Acc>(g, runs, tile, images, own, a.offset_grad,
+          position_and_mask_grads<kDirect, T, Acc>(g, plan, runs, tile, images, own, a.offset_grad,
                                                    a.mask_grad);
       }
     };
@@ -590,7 +744,7 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
       if (!kDirect) {
         for_own_tiles(g, plan, n0, n1, [&](const ThreadTile& tile) {
           tile_grads(tile, buf.images);
-          if (a.data_grad) col2im<false, T, Acc>(g, runs, tile, own, own.image_grads, 0, C);
+          if (a.data_grad) col2im<false, T, Acc>(g, plan, runs, tile, own, own.image_grads, 0, C);
         });
         if (a.data_grad) {
 #pragma omp barrier  // every thread's image gradients are complete
@@ -612,7 +766,8 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
         for (int i = 0; i < team; ++i) {
           const ThreadTile theirs = thread_tile(g, plan, n0, n1, i, team, round);
           if (theirs.count > 0)
-            col2im<true, T, Acc>(g, runs, theirs, buf.threads[i], data_grad, c_begin, c_end);
+            col2im<true, T, Acc>(g, plan, runs, theirs, buf.threads[i], data_grad, c_begin,
+                                 c_end);
         }
 #pragma omp barrier  // nobody refills its buffers before every thread has scattered them
       }

@@ -220,7 +220,7 @@ __global__ void data_grad_atomic_kernel(index_t count, DeformConvGeometry g, con
     const T* dcol = col_grad + it.sample.k * cols + it.sample.j;
     for (index_t c = it.c0; c < it.c1; ++c) {
       const Acc d = static_cast<Acc>(dcol[c * K * cols]);
-      scatter<Acc, Acc>(grad + c * HW, s, m * d, 1, cuda::AtomicAdd());
+      scatter<Acc, Acc>(grad + c * HW, s, m * d, cuda::AtomicAdd());
     }
   });
 }

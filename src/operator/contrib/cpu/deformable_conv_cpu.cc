@@ -52,8 +52,18 @@ namespace DCNV2_MX_ISA_NAMESPACE {
 
 namespace {
 
-/*! \brief Column tile size of one thread: it stays in a core's L2 cache for the GEMM. */
-constexpr size_t kThreadTileBytes = size_t(2) << 20;
+/*!
+ * \brief Column tile size of one thread: about what a core's L2 cache holds besides the GEMM's
+ *        own blocks, so that the GEMM reads the columns im2col has just written from there...
+ */
+constexpr size_t kThreadTileBytes = size_t(768) << 10;
+
+/*!
+ * \brief ...but at least this many pixels (GEMM rows), below which the GEMM loses more than the
+ *        cache saves: measured on 512 KiB L2 cores, 768 KiB with 192 pixels at least was 0.80-0.98
+ *        the time of 2 MiB tiles on 64-channel shapes and within 4% on the others.
+ */
+constexpr index_t kMinTilePixels = 192;
 
 /*! \brief Partial sums of the channel reductions: one AVX-512 vector of floats. */
 constexpr int kLanes = 16;
@@ -803,7 +813,8 @@ CpuTilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, siz
   const size_t budget = budget_bytes > reserved_bytes ? budget_bytes - reserved_bytes : 0;
   const size_t image = static_cast<size_t>(g.channels * g.in_plane()) * sizeof(T);
   const size_t col_per_pixel = static_cast<size_t>(g.channels * g.taps()) * sizeof(T);
-  const index_t preferred_tile = static_cast<index_t>(kThreadTileBytes / col_per_pixel) + 1;
+  const index_t preferred_tile =
+      std::max(kMinTilePixels, static_cast<index_t>(kThreadTileBytes / col_per_pixel) + 1);
   auto bytes = [&](const CpuTilePlan& plan) {
     return CpuBuffers<T, Acc>(g, plan, Scratch{nullptr, 0}, backward).bytes;
   };

@@ -45,34 +45,24 @@ struct DeformConvGeometry {
 };
 
 /*!
- * \brief The sample of tap k = i * kernel_w + j of deformable group g at output pixel
- *        pix = ho * out_w + wo of one image (all given, so loops can step them without division).
+ * \brief The sample of tap k of deformable group `dgroup` at output pixel `pix` = ho * out_w + wo
+ *        of one image (the CUDA kernels; the CPU builds whole output rows of samples at once).
  *
  * `offset_n` and `mask_n` point at the image's offset (2*dg*K, Ho*Wo) and mask (dg*K, Ho*Wo)
  * planes; `mask_n` may be null (DCNv1, modulation 1). The modulation is returned in `*m`.
  */
 template <typename T, typename Acc>
-DCN_HD BilinearSample<Acc> tap_sample_at(const DeformConvGeometry& g, const T* offset_n,
-                                         const T* mask_n, index_t dgroup, index_t k, index_t i,
-                                         index_t j, index_t ho, index_t wo, Acc* m) {
-  const index_t plane = g.out_plane(), pix = ho * g.out_w + wo;
+DCN_HD BilinearSample<Acc> tap_sample(const DeformConvGeometry& g, const T* offset_n,
+                                      const T* mask_n, index_t dgroup, index_t k, index_t pix,
+                                      Acc* m) {
+  const index_t plane = g.out_plane(), ho = pix / g.out_w, i = k / g.kernel_w;
   const index_t ch = dgroup * 2 * g.taps() + 2 * k;
   const Acc dy = static_cast<Acc>(offset_n[ch * plane + pix]);
   const Acc dx = static_cast<Acc>(offset_n[(ch + 1) * plane + pix]);
   const Acc py = static_cast<Acc>(g.tap_origin_y(ho, i)) + dy;
-  const Acc px = static_cast<Acc>(g.tap_origin_x(wo, j)) + dx;
+  const Acc px = static_cast<Acc>(g.tap_origin_x(pix - ho * g.out_w, k - i * g.kernel_w)) + dx;
   *m = mask_n ? static_cast<Acc>(mask_n[(dgroup * g.taps() + k) * plane + pix]) : Acc(1);
   return make_sample<Acc>(py, px, static_cast<int>(g.height), static_cast<int>(g.width));
-}
-
-/*! \brief tap_sample_at for tap k at output pixel `pix` of one image. */
-template <typename T, typename Acc>
-DCN_HD BilinearSample<Acc> tap_sample(const DeformConvGeometry& g, const T* offset_n,
-                                      const T* mask_n, index_t dgroup, index_t k, index_t pix,
-                                      Acc* m) {
-  const index_t ho = pix / g.out_w, i = k / g.kernel_w;
-  return tap_sample_at<T, Acc>(g, offset_n, mask_n, dgroup, k, i, k - i * g.kernel_w, ho,
-                               pix - ho * g.out_w, m);
 }
 
 /*! \brief Inputs and outputs of one forward call (device pointers on the call's device). */

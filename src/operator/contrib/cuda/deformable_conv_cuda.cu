@@ -2,8 +2,9 @@
  * \file deformable_conv_cuda.cu
  * \brief CUDA deformable convolution (DCNv2 and DCNv1), forward and backward.
  *
- * The per-element math is the CPU path's: tap_sample (deformable_conv_kernel.h) and gather,
- * scatter and value_and_position_grad (common/bilinear.h).
+ * The per-element math is shared with the CPU path: the sample (make_sample, through tap_sample
+ * of deformable_conv_kernel.h) and its weights and position derivatives (blend_and_slopes,
+ * through value_and_position_grad) in common/bilinear.h, read with gather and scatter.
  *
  * Tiles: a tile is a block of output pixels of one image, or several whole images when images
  * are small, sized so that the scratch memory stays within `workspace`. Its column matrix

@@ -95,9 +95,8 @@ struct ThreadTile {
  *        so that a column element is four multiply-adds over contiguous channel vectors.
  *
  * A corner off the map has weight 0 * m (NaN for a NaN mask, as the release's m * 0) and pixel
- * `outside_pixel`: with image copies the zero pixel kept after the block's images (and the sink
- * pixel after a thread's image gradients), so the channel loops read and write it without a
- * test; direct, -1, which the loops test.
+ * `outside_pixel`: with image copies the zero pixel kept after the block's images, so im2col
+ * reads it without a test; direct, -1, which the reads test. col2im skips such corners.
  */
 template <typename Acc>
 struct TapSample {
@@ -140,15 +139,15 @@ struct CpuBuffers {
   CpuBuffers(const DeformConvGeometry& g, const CpuTilePlan& plan, Scratch scratch, bool backward) {
     ScratchCarver carver(scratch);
     const size_t tile = static_cast<size_t>(plan.tile);
-    // One more pixel after the images: the zero pixel (sink) of corners off the map.
-    const size_t image_grads_n = static_cast<size_t>(plan.images * g.in_plane() * g.channels);
-    const size_t images_n = image_grads_n + static_cast<size_t>(g.channels);
+    const size_t block_n = static_cast<size_t>(plan.images * g.in_plane() * g.channels);
+    // One more pixel after the images: the zero pixel of corners off the map (see TapSample).
+    const size_t images_n = block_n + static_cast<size_t>(g.channels);
     const size_t weight_n = static_cast<size_t>(g.filters * g.col_rows_per_group());
     const size_t samples_n = static_cast<size_t>(g.deformable_groups * g.taps()) * tile;
     const size_t col_n = static_cast<size_t>(g.channels * g.taps()) * tile;
     images = plan.image_copies ? carver.take<T>(images_n) : nullptr;
     if (images)  // the zero pixel: never written again
-      std::memset(images + image_grads_n, 0, sizeof(T) * static_cast<size_t>(g.channels));
+      std::memset(images + block_n, 0, sizeof(T) * static_cast<size_t>(g.channels));
     weight = carver.take<T>(weight_n);
     threads.resize(static_cast<size_t>(plan.threads));
     for (ThreadBuffers<T, Acc>& own : threads) {  // each take is 64-byte aligned: no false sharing
@@ -157,7 +156,7 @@ struct CpuBuffers {
       own.col = carver.take<T>(col_n);
       own.col_grad = backward ? carver.take<T>(col_n) : nullptr;
       own.out_tile = backward ? nullptr : carver.take<T>(static_cast<size_t>(g.filters) * tile);
-      own.image_grads = backward && plan.image_copies ? carver.take<T>(image_grads_n) : nullptr;
+      own.image_grads = backward && plan.image_copies ? carver.take<T>(block_n) : nullptr;
       own.weight_grad = backward ? carver.take<T>(weight_n) : nullptr;
     }
     bytes = carver.bytes_needed();
@@ -612,7 +611,7 @@ void col2im(const DeformConvGeometry& g, const CpuTilePlan& plan, const ChannelR
             const ThreadTile& tile, const ThreadBuffers<T, Acc>& src, T* image_grads,
             index_t c_begin, index_t c_end) {
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group(), P = g.out_plane();
-  const index_t rows = g.deformable_groups * K;
+  const index_t rows = g.deformable_groups * K, channel_stride = element_of<kDirect>(g, 0, 1);
   for (index_t t = 0; t < tile.count; ++t) {
     const int32_t outside = outside_pixel<kDirect>(g, plan, (tile.first + t) / P);
     T* image_grad = image_of(g, tile, image_grads, t);
@@ -629,7 +628,6 @@ void col2im(const DeformConvGeometry& g, const CpuTilePlan& plan, const ChannelR
         for (int i = 0; i < 4; ++i) {
           if (s.pixel[i] == outside) continue;
           T* __restrict__ corner = image_grad + element_of<kDirect>(g, s.pixel[i], 0);
-          const index_t channel_stride = element_of<kDirect>(g, 0, 1);
           for (index_t c = c0; c < c1; ++c)
             corner[c * channel_stride] += static_cast<T>(s.weight[i] * static_cast<Acc>(dcol[c]));
         }

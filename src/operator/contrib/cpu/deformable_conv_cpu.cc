@@ -396,12 +396,15 @@ void build_samples(const DeformConvGeometry& g, const CpuTilePlan& plan, const T
     const T* offset_n = image_offset(g, offset, n);
     const T* mask_n = image_mask(g, mask, n);
     const int32_t outside = outside_pixel<kDirect>(g, plan, n - tile.n0);
-    // Output row by output row, where the offsets of a tap are contiguous.
-    for (index_t p = p0; p < p0 + run;) {
-      const index_t ho = p / g.out_w, wo = p - ho * g.out_w;
-      const index_t count = std::min(g.out_w - wo, p0 + run - p), t = t0 + (p - p0);
-      for (index_t row = 0; row < rows; ++row) {  // row = dgroup * K + k
-        const index_t k = row % K, i = k / g.kernel_w, j = k - i * g.kernel_w;
+    // A tap row at a time, so that each offset (and mask) plane is read straight through the
+    // run (tap-major over the whole run was 5-12% faster on 4 deformable groups than output row
+    // by output row across all 3 * dg * K planes, which the prefetchers cannot all follow); within
+    // it output row by output row, where the offsets of a tap are contiguous.
+    for (index_t row = 0; row < rows; ++row) {  // row = dgroup * K + k
+      const index_t k = row % K, i = k / g.kernel_w, j = k - i * g.kernel_w;
+      for (index_t p = p0; p < p0 + run;) {
+        const index_t ho = p / g.out_w, wo = p - ho * g.out_w;
+        const index_t count = std::min(g.out_w - wo, p0 + run - p), t = t0 + (p - p0);
         const T* dy = offset_n + 2 * row * P + p;
         const T* m = mask_n ? mask_n + row * P + p : nullptr;
         TapSample<Acc>* taps = own.taps + t * rows + row;
@@ -419,8 +422,8 @@ void build_samples(const DeformConvGeometry& g, const CpuTilePlan& plan, const T
         else
           build_row_samples<false, false>(g, ho, wo, i, j, dy, dy + P, m, count, outside, rows,
                                           taps, positions);
+        p += count;
       }
-      p += count;
     }
   });
 }

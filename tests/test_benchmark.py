@@ -1,6 +1,7 @@
 """Tests of the benchmark's peer engines (dcnv2_mx.tools.bench_peers): each computes what our
 operator computes, a peer that differs is an error, and a missing or old package is reported
-rather than run. Tests that need an engine are skipped, with the reason, where it is missing."""
+rather than run. Tests that need an engine are skipped, with the reason, where it is missing.
+Also the whole-network benchmark's offset-branch contender (dcnv2_mx.tools.bench_model)."""
 import os
 import sys
 import types
@@ -8,8 +9,9 @@ import types
 import mxnet as mx
 import numpy as np
 import pytest
+from mxnet import autograd
 
-from dcnv2_mx.tools import bench_peers
+from dcnv2_mx.tools import bench_model, bench_peers
 
 
 @pytest.fixture(params=bench_peers.PEERS, ids=lambda peer: peer.label)
@@ -68,3 +70,27 @@ def test_peers_get_the_thread_count_of_our_operators(monkeypatch):
     assert bench_peers.threads() == 3
     monkeypatch.setenv("MXNET_OMP_MAX_THREADS", "2")
     assert bench_peers.threads() == 2
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_offset_branch_contender_is_the_plain_convolution_with_the_branch_kept(hybridize):
+    """The floor network's layer computes MXNet's Convolution exactly, and its output still
+    depends on the offset-and-mask branch (else MXNet would drop the branch it is there to time)."""
+    layer = bench_model._OffsetBranchOnly(6, 3, strides=2, padding=1, in_channels=4,
+                                          offset_bias_initializer=mx.init.Normal(1.0))
+    layer.initialize()
+    if hybridize:
+        layer.hybridize(static_alloc=True, static_shape=True)
+    x = mx.nd.array(np.random.default_rng(0).normal(size=(2, 4, 9, 9)))
+    x.attach_grad()
+    with autograd.record():
+        out = layer(x)
+    out.backward(mx.nd.ones_like(out))
+    weight, bias = layer.deformable_conv_weight.data(), layer.deformable_conv_bias.data()
+    want = mx.nd.Convolution(x, weight, bias, kernel=(3, 3), stride=(2, 2), pad=(1, 1),
+                             num_filter=6)
+    np.testing.assert_array_equal(out.asnumpy(), want.asnumpy())
+    assert layer.offset_weight.grad().shape == layer.offset_weight.shape
+    graph = layer(mx.sym.var("data"))
+    assert f"{layer.prefix}offset_weight" in graph.list_arguments()
+    assert any("sigmoid" in node for node in graph.get_internals().list_outputs())  # masks

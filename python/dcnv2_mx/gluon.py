@@ -263,11 +263,17 @@ class DeformableConvolutionV2(_DeformableConvolution):
         return new
 
     def _deform(self, F, x, offset, weight, bias):
+        offsets, mask = self._offsets_and_mask(F, offset)
+        return F.contrib.DeformableConvolutionV2(data=x, offset=offsets, mask=mask, weight=weight,
+                                                 bias=bias, name="fwd", **self._deform_conv)
+
+    def _offsets_and_mask(self, F, offset):
+        """The offset convolution's output (N, 3*dg*kh*kw, Ho, Wo) split into the offsets
+        (N, 2*dg*kh*kw, Ho, Wo) and the activated masks (N, dg*kh*kw, Ho, Wo)."""
         offsets = F.slice_axis(offset, axis=1, begin=0, end=self._offset_channels)
         mask = _mask(F, F.slice_axis(offset, axis=1, begin=self._offset_channels, end=None),
                      self._mask_activation)
-        return F.contrib.DeformableConvolutionV2(data=x, offset=offsets, mask=mask, weight=weight,
-                                                 bias=bias, name="fwd", **self._deform_conv)
+        return offsets, mask
 
     def _extra_repr(self):
         return f", mask_activation={self._mask_activation!r}"

@@ -4,6 +4,11 @@ Contenders, each ``gluoncv.model_zoo.get_model('resnet50_v1b', pretrained=False)
 (Xavier) and hybridized with ``static_alloc`` and ``static_shape``:
 
 * ``plain``: the network as built;
+* ``offset_branch``: the floor of any DCNv2 implementation: the DCNv2 layers below with MXNet's
+  plain Convolution in place of the deformable one, so that only the offset-and-mask branch
+  (convolution, slicing, mask activation) is added to the plain network. The offsets and masks
+  reach the output through one element of each, times 0 (one broadcast add per layer), which
+  keeps the branch in the graph and in the backward pass;
 * ``ours``: the 13 3x3 ``conv2`` of layer2-layer4 (the paper's conv3-conv5) made
   :class:`~dcnv2_mx.gluon.DeformableConvolutionV2` by :func:`dcnv2_mx.gluoncv.convert_resnet`,
   each with its offset-and-mask convolution;
@@ -28,6 +33,8 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd
 
+from dcnv2_mx.gluon import DeformableConvolutionV2, replace_children
+
 from .benchmark import Result, _bars, _ms, _pyplot, _ratio, _save, _time_contenders
 
 __all__ = ["ModelCase", "MODEL_CASES", "QUICK_MODEL_CASES", "NETWORKS", "build_networks", "run",
@@ -49,38 +56,54 @@ QUICK_MODEL_CASES = (
 )
 
 #: Contenders in timing order; "builtin" runs inference cases only.
-NETWORKS = ("plain", "ours", "builtin")
+NETWORKS = ("plain", "offset_branch", "ours", "builtin")
 
 
 #: Offset and mask-logit biases of every DCNv2 layer (see above).
 _OFFSET_BIAS = mx.init.Normal(1.0)
 
 
-def _builtin_dcn(block):
-    """MXNet's ModulatedDeformableConvolution with the geometry of our DCNv2 `block`."""
+def _same_layer(block_class, block):
+    """A `block_class` block with the geometry, prefix and offset biases of our DCNv2 `block`."""
     conv = block._deform_conv
-    return mx.gluon.contrib.cnn.ModulatedDeformableConvolution(
-        conv["num_filter"], conv["kernel"], conv["stride"], conv["pad"], conv["dilate"],
-        conv["num_group"], conv["num_deformable_group"], use_bias=not conv["no_bias"],
-        offset_bias_initializer=_OFFSET_BIAS, prefix=block.prefix)
+    return block_class(conv["num_filter"], conv["kernel"], conv["stride"], conv["pad"],
+                       conv["dilate"], conv["num_group"], conv["num_deformable_group"],
+                       use_bias=not conv["no_bias"], offset_bias_initializer=_OFFSET_BIAS,
+                       prefix=block.prefix)
+
+
+class _OffsetBranchOnly(DeformableConvolutionV2):
+    """The "offset_branch" contender's layer: the offset-and-mask branch of a DCNv2 layer, then
+    the plain convolution plus 0 * (one offset + one mask of each image)."""
+
+    def _deform(self, F, x, offset, weight, bias):
+        conv = {k: v for k, v in self._deform_conv.items()
+                if k not in ("num_deformable_group", "im2col_step")}
+        out = F.Convolution(data=x, weight=weight, bias=bias, **conv)
+        offsets, mask = self._offsets_and_mask(F, offset)
+        # The first offset and the first mask of each image, (N, 1, 1, 1) each.
+        first = [F.slice(v, begin=(None, 0, 0, 0), end=(None, 1, 1, 1)) for v in (offsets, mask)]
+        return F.broadcast_add(out, (first[0] + first[1]) * 0)
 
 
 def build_networks(ctx, seed=0):
-    """{name: network} for NETWORKS: ResNet-50 v1b plain, with our DCNv2 and with MXNet's,
-    initialised on ctx and hybridized (shapes are inferred at the first call)."""
+    """{name: network} for NETWORKS: ResNet-50 v1b plain, with the offset branch alone, with
+    our DCNv2 and with MXNet's, initialised on ctx and hybridized (shapes are inferred at the
+    first call)."""
     from gluoncv import model_zoo
 
-    from dcnv2_mx.gluon import DeformableConvolutionV2, replace_children
     from dcnv2_mx.gluoncv import convert_resnet
 
+    swaps = {"builtin": mx.gluon.contrib.cnn.ModulatedDeformableConvolution,
+             "offset_branch": _OffsetBranchOnly}
     nets = {}
     for name in NETWORKS:
         net = model_zoo.get_model("resnet50_v1b", pretrained=False)
         if name != "plain":
             convert_resnet(net, offset_bias_initializer=_OFFSET_BIAS)
-        if name == "builtin":
-            # convert_resnet picks the layers; each is then swapped for MXNet's block.
-            replace_children(net, lambda child: _builtin_dcn(child) if isinstance(
+        if name in swaps:
+            # convert_resnet picks the layers; each is then swapped for the contender's block.
+            replace_children(net, lambda child: _same_layer(swaps[name], child) if isinstance(
                 child, DeformableConvolutionV2) else None)
         mx.random.seed(seed)
         net.initialize(mx.init.Xavier(), ctx=ctx)
@@ -123,10 +146,11 @@ def format_results(results):
 
     rows = [[r.case.name, f"{r.case.mode} {r.case.batch}x3x{r.case.height}x{r.case.width}",
              _ratio(r.times["ours"], r.times["plain"]),
+             _ratio(r.times["offset_branch"], r.times["plain"]),
              _ratio(r.times.get("builtin"), r.times["plain"]),
              *(_ms(r.times.get(name)) for name in NETWORKS)] for r in results]
-    return format_table(["case", "input", "ours / plain", "builtin / plain", "plain ms",
-                         "ours ms", "builtin ms"], rows)
+    return format_table(["case", "input", "ours / plain", "offset branch / plain",
+                         "builtin / plain", *(f"{name} ms" for name in NETWORKS)], rows)
 
 
 def plot_results(results, path, title=None):
@@ -134,6 +158,7 @@ def plot_results(results, path, title=None):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.2))  # wide enough for the machine summary as title
     _bars(ax, results, (("builtin DCNv2 / plain", "builtin", "plain", "#bbbbbb"),
-                        ("ours / plain", "ours", "plain", "#1f77b4")),
+                        ("ours / plain", "ours", "plain", "#1f77b4"),
+                        ("offset branch alone / plain", "offset_branch", "plain", "#9ecae1")),
           "time relative to the plain ResNet-50 v1b")
     _save(fig, path, title or "dcnv2_mx ResNet-50 v1b benchmark")

@@ -78,6 +78,17 @@ constexpr int kLanes = 16;
 constexpr int kLanes = 8;
 #endif
 
+/*!
+ * \brief The sum of kLanes partial sums, pairwise in halves: each step is one vector add, in a
+ *        fixed order all the same (the lanes are overwritten).
+ */
+template <typename Acc>
+Acc sum_lanes(Acc (&lanes)[kLanes]) {
+  for (int half = kLanes / 2; half > 0; half /= 2)
+    for (int lane = 0; lane < half; ++lane) lanes[lane] += lanes[lane + half];
+  return lanes[0];
+}
+
 /*! \brief Image copies of one block (more images per block: fewer barriers, more memory). */
 constexpr size_t kBlockBytes = size_t(32) << 20;
 
@@ -118,7 +129,8 @@ struct ThreadBuffers {
   TapPosition<Acc>* positions;  //!< (tile pixels, dg, K) (backward)
   T* col;                       //!< (tile pixels, G, K, C/G)
   T* col_grad;                  //!< the same for its gradient (backward)
-  T* out_tile;                  //!< (tile pixels, F): the forward GEMM's result (forward)
+  T* pixel_out;                 //!< (tile pixels, F): forward, the GEMM's result; backward,
+                                //!< the output gradient, pixel-major
   T* image_grads;               //!< (block images, HW, C): this thread's part (backward with
                                 //!< image copies)
   T* weight_grad;               //!< (G, F/G, K, C/G): this thread's part (backward)
@@ -155,7 +167,7 @@ struct CpuBuffers {
       own.positions = backward ? carver.take<TapPosition<Acc>>(samples_n) : nullptr;
       own.col = carver.take<T>(col_n);
       own.col_grad = backward ? carver.take<T>(col_n) : nullptr;
-      own.out_tile = backward ? nullptr : carver.take<T>(static_cast<size_t>(g.filters) * tile);
+      own.pixel_out = carver.take<T>(static_cast<size_t>(g.filters) * tile);
       own.image_grads = backward && plan.image_copies ? carver.take<T>(block_n) : nullptr;
       own.weight_grad = backward ? carver.take<T>(weight_n) : nullptr;
     }
@@ -486,30 +498,13 @@ bool forward_gemm(const DeformConvGeometry& g, const ThreadTile& tile, const T* 
   bool ok = true;
   for (int grp = 0; grp < g.groups; ++grp)
     ok &= cpu::gemm(false, true, tile.count, fg, rows_g, T(1), own.col + grp * rows_g, CK,
-                    weight + grp * fg * rows_g, rows_g, T(0), own.out_tile + grp * fg, F);
+                    weight + grp * fg * rows_g, rows_g, T(0), own.pixel_out + grp * fg, F);
   for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
     T* out_n = out + n * F * P + p;
-    transpose_2d<false>(own.out_tile + t * F, run, F, F, out_n, P);
+    transpose_2d<false>(own.pixel_out + t * F, run, F, F, out_n, P);
     if (bias)
       for (index_t f = 0; f < F; ++f)
         for (index_t i = 0; i < run; ++i) out_n[f * P + i] += bias[f];
-  });
-  return ok;
-}
-
-/*!
- * \brief Calls gemm(dout, t, run, grp) for each run of the tile's pixels that lies in one image
- *        and each convolution group: `dout` points at out_grad[n, grp * F/G, p] (rows of
- *        Ho * Wo elements) and the run is tile pixels [t, t + run). True if every call was.
- */
-template <typename T, typename Gemm>
-bool for_out_grad_blocks(const DeformConvGeometry& g, const ThreadTile& tile, const T* out_grad,
-                         Gemm&& gemm) {
-  const index_t P = g.out_plane(), fg = g.filters_per_group();
-  bool ok = true;
-  for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
-    for (int grp = 0; grp < g.groups; ++grp)
-      ok &= gemm(out_grad + (n * g.filters + grp * fg) * P + p, t, run, grp);
   });
   return ok;
 }
@@ -520,25 +515,36 @@ bool weight_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile,
                       const ThreadBuffers<T, Acc>& own, const T* out_grad) {
   const index_t P = g.out_plane(), CK = g.channels * g.taps();
   const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
-  return for_out_grad_blocks(g, tile, out_grad, [&](const T* dout, index_t t, index_t run,
-                                                    int grp) {
-    return cpu::gemm(false, false, fg, rows_g, run, T(1), dout, P,
-                     own.col + t * CK + grp * rows_g, CK, T(1),
-                     own.weight_grad + grp * fg * rows_g, rows_g);
+  bool ok = true;
+  for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
+    for (int grp = 0; grp < g.groups; ++grp)
+      ok &= cpu::gemm(false, false, fg, rows_g, run, T(1),
+                      out_grad + (n * g.filters + grp * fg) * P + p, P,
+                      own.col + t * CK + grp * rows_g, CK, T(1),
+                      own.weight_grad + grp * fg * rows_g, rows_g);
   });
+  return ok;
 }
 
-/*! \brief colT_grad[t] = dout[n, :, p]^T x W for every tile pixel. */
+/*!
+ * \brief colT_grad = dout^T x W over the tile's pixels, dout first copied pixel-major into
+ *        own.pixel_out: oneDNN's sgemm reading it transposed straight from the NCHW gradient
+ *        ran at 0.4 its speed when the rows were a power of two apart (32 x 32 or 64 x 64
+ *        planes: cache-set conflicts), and as fast otherwise.
+ */
 template <typename T, typename Acc>
 bool col_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile, const T* weight,
                    const ThreadBuffers<T, Acc>& own, const T* out_grad) {
-  const index_t P = g.out_plane(), CK = g.channels * g.taps();
+  const index_t P = g.out_plane(), CK = g.channels * g.taps(), F = g.filters;
   const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
-  return for_out_grad_blocks(g, tile, out_grad, [&](const T* dout, index_t t, index_t run,
-                                                    int grp) {
-    return cpu::gemm(true, false, run, rows_g, fg, T(1), dout, P, weight + grp * fg * rows_g,
-                     rows_g, T(0), own.col_grad + t * CK + grp * rows_g, CK);
+  for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
+    transpose_2d<false>(out_grad + n * F * P + p, F, run, P, own.pixel_out + t * F, F);
   });
+  bool ok = true;
+  for (int grp = 0; grp < g.groups; ++grp)
+    ok &= cpu::gemm(false, false, tile.count, rows_g, fg, T(1), own.pixel_out + grp * fg, F,
+                    weight + grp * fg * rows_g, rows_g, T(0), own.col_grad + grp * rows_g, CK);
+  return ok;
 }
 
 /*!
@@ -586,19 +592,13 @@ void position_and_mask_grads(const DeformConvGeometry& g, const CpuTilePlan& pla
             for (int lane = 0; lane < kLanes; ++lane) add(c + lane, lane);
           for (int lane = 0; c < run->c1; ++c, ++lane) add(c, lane);
         }
-      // Pairwise, in halves: each step is one vector add (a fixed order all the same).
-      for (int half = kLanes / 2; half > 0; half /= 2)
-        for (int lane = 0; lane < half; ++lane) {
-          lane_y[lane] += lane_y[lane + half];
-          lane_x[lane] += lane_x[lane + half];
-          lane_m[lane] += lane_m[lane + half];
-        }
       if (offset_grad) {
         T* grad_y = offset_grad + (n * g.offset_channels() + dgroup * 2 * K + 2 * k) * P + p;
-        grad_y[0] = static_cast<T>(lane_y[0] * q.m);
-        grad_y[P] = static_cast<T>(lane_x[0] * q.m);
+        grad_y[0] = static_cast<T>(sum_lanes(lane_y) * q.m);
+        grad_y[P] = static_cast<T>(sum_lanes(lane_x) * q.m);
       }
-      if (mask_grad) mask_grad[(n * g.mask_channels() + row) * P + p] = static_cast<T>(lane_m[0]);
+      if (mask_grad)
+        mask_grad[(n * g.mask_channels() + row) * P + p] = static_cast<T>(sum_lanes(lane_m));
     }
   }
 }
@@ -802,12 +802,18 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
     if (a.bias_grad) {
 #pragma omp for schedule(static) nowait
       for (index_t f = 0; f < g.filters; ++f) {
-        Acc sum = Acc(0);
+        // One partial sum per lane, as in the offset gradients: a single running sum is a chain
+        // of dependent scalar adds.
+        Acc lanes[kLanes] = {};
         for (index_t n = 0; n < g.batch; ++n) {
           const T* row = a.out_grad + (n * g.filters + f) * P;
-          for (index_t p = 0; p < P; ++p) sum += static_cast<Acc>(row[p]);
+          index_t p = 0;
+          for (; p + kLanes <= P; p += kLanes)
+            for (int lane = 0; lane < kLanes; ++lane)
+              lanes[lane] += static_cast<Acc>(row[p + lane]);
+          for (int lane = 0; p < P; ++p, ++lane) lanes[lane] += static_cast<Acc>(row[p]);
         }
-        a.bias_grad[f] = static_cast<T>(sum);
+        a.bias_grad[f] = static_cast<T>(sum_lanes(lanes));
       }
     }
   }

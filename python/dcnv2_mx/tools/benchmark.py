@@ -55,7 +55,8 @@ __all__ = ["Case", "CASES", "QUICK_CASES", "PoolCase", "POOL_CASE", "QUICK_POOL_
 #: stride of a 3x3, pad-1 convolution.
 Case = collections.namedtuple("Case", "name batch channels height width filters dg stride")
 
-#: The cases of the performance target (issue 6).
+#: The cases of the performance targets: ResNet stages at a detector's input, 64-channel shapes,
+#: and a detector's feature map whose planes are a power of two (64 x 64) floats apart.
 CASES = (
     Case("res_c3", 1, 128, 100, 136, 128, 1, 1),
     Case("res_c4", 1, 256, 50, 68, 256, 1, 1),
@@ -64,6 +65,7 @@ CASES = (
     Case("batch8", 8, 64, 32, 32, 64, 1, 1),
     Case("dg4", 2, 64, 32, 32, 64, 4, 1),
     Case("strided", 2, 64, 56, 56, 64, 1, 2),
+    Case("detector", 4, 256, 64, 64, 256, 1, 1),
 )
 #: Tiny cases for tests and smoke runs.
 QUICK_CASES = (

@@ -510,19 +510,26 @@ bool forward_gemm(const DeformConvGeometry& g, const ThreadTile& tile, const T* 
   return ok;
 }
 
-/*! \brief This thread's weight gradient += dout x colT over the tile's pixels. */
+/*!
+ * \brief This thread's weight gradient += dout x colT over the tile's pixels; = where *started
+ *        is false (this thread's first pixels), which it then sets: the first GEMM overwrites the
+ *        part instead of adding to zeros (zeroing a 512 x 4608 part took 5% of a forward+backward
+ *        with 7 x 7 maps).
+ */
 template <typename T, typename Acc>
 bool weight_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile,
-                      const ThreadBuffers<T, Acc>& own, const T* out_grad) {
+                      const ThreadBuffers<T, Acc>& own, const T* out_grad, bool* started) {
   const index_t P = g.out_plane(), CK = g.channels * g.taps();
   const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
   bool ok = true;
   for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
+    const T beta = *started ? T(1) : T(0);
     for (int grp = 0; grp < g.groups; ++grp)
       ok &= cpu::gemm(false, false, fg, rows_g, run, T(1),
                       out_grad + (n * g.filters + grp * fg) * P + p, P,
-                      own.col + t * CK + grp * rows_g, CK, T(1),
+                      own.col + t * CK + grp * rows_g, CK, beta,
                       own.weight_grad + grp * fg * rows_g, rows_g);
+    *started = true;
   });
   return ok;
 }
@@ -733,8 +740,7 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
     const int team = omp_get_num_threads(), me = omp_get_thread_num();
     const ThreadBuffers<T, Acc>& own = buf.threads[me];
     team_transpose(a.in.weight, g.filters, g.channels_per_group(), g.taps(), buf.weight);
-    if (a.weight_grad)
-      std::memset(own.weight_grad, 0, sizeof(T) * static_cast<size_t>(g.filters * rows_g));
+    bool weight_grad_started = false;  // this thread's part holds a sum (see weight_grad_gemm)
     if (kDirect && a.data_grad) {
 #pragma omp for schedule(static) nowait
       for (index_t plane = 0; plane < g.batch * C; ++plane)
@@ -746,7 +752,7 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
       // The weight gradient first: the column gradient takes the columns' buffer.
       if (a.weight_grad) {
         im2col<kDirect, T, Acc>(g, runs, tile, images, own);
-        ok = weight_grad_gemm<T, Acc>(g, tile, own, a.out_grad) && ok;
+        ok = weight_grad_gemm<T, Acc>(g, tile, own, a.out_grad, &weight_grad_started) && ok;
       }
       if (need_col_grad) {
         ok = col_grad_gemm<T, Acc>(g, tile, buf.weight, own, a.out_grad) && ok;
@@ -796,6 +802,8 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
       }
     });
     if (a.weight_grad) {
+      if (!weight_grad_started)  // a thread without pixels: its part is zeros
+        std::memset(own.weight_grad, 0, sizeof(T) * static_cast<size_t>(g.filters * rows_g));
 #pragma omp barrier  // every thread's weight gradient is complete
       // Back to the operator's layout (F, C/G, K), summing the threads' parts in order.
       team_transpose_sum<T>([&](int i) -> const T* { return buf.threads[i].weight_grad; }, team,

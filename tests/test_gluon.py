@@ -201,6 +201,55 @@ def test_hybridized_equals_imperative(rng, static_alloc):
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("block_cls, kernel, dg, filters, computed", [
+    (DeformableConvolutionV2, 3, 1, 27, 32), (DeformableConvolutionV2, 3, 2, 54, 56),
+    (DeformableConvolutionV1, 3, 1, 18, 24), (DeformableConvolutionV2, 1, 2, 6, 8),
+    (DeformableConvolutionV2, 1, 1, 3, 3), (DeformableConvolutionV1, 1, 4, 8, 8)])
+def test_offset_convolution_filters_rounded_up(rng, block_cls, kernel, dg, filters, computed):
+    """The offset convolution runs with its filters rounded up to a multiple of 8 by zero
+    filters (none added where that would take more than it has), and the block computes the same
+    output and gradients (grad_req 'add' too) as the offset convolution written directly."""
+    block = block_cls(4, kernel, padding=kernel // 2, num_deformable_group=dg)
+    block.initialize()
+    x = nd(rng, 2, 4, 5, 6)
+    block(x)
+    randomise(block, rng)
+    assert block.offset_weight.shape == (filters, 4, kernel, kernel)
+    graph = block(mx.sym.var("data")).get_internals()
+    offset_conv = [graph[name] for name in graph.list_outputs() if name.endswith("offset_output")]
+    assert [int(s.attr("num_filter")) for s in offset_conv] == [computed]
+
+    def direct(x, weight, bias, offset_weight, offset_bias):
+        offset = mx.nd.Convolution(x, offset_weight, offset_bias, kernel=(kernel, kernel),
+                                   pad=(kernel // 2,) * 2, num_filter=filters)
+        geometry = dict(kernel=(kernel, kernel), pad=(kernel // 2,) * 2, num_filter=4,
+                        num_deformable_group=dg)
+        if block_cls is DeformableConvolutionV1:
+            return mx.nd.contrib.DeformableConvolutionV1(x, offset, weight, bias, **geometry)
+        mask = 2 * mx.nd.sigmoid(offset[:, 2 * dg * kernel ** 2:])
+        return mx.nd.contrib.DeformableConvolutionV2(x, offset[:, :2 * dg * kernel ** 2], mask,
+                                                     weight, bias, **geometry)
+
+    params = [block.deformable_conv_weight, block.deformable_conv_bias, block.offset_weight,
+              block.offset_bias]
+    inputs = [x] + [p.data().copy() for p in params]
+    for value in inputs:
+        value.attach_grad()
+    with autograd.record():
+        expected = direct(*inputs)
+    expected.backward(mx.nd.ones_like(expected))
+    block.collect_params().setattr("grad_req", "add")
+    block.hybridize()
+    for _ in range(2):  # the second backward adds to the first
+        with autograd.record():
+            out = block(x)
+        out.backward(mx.nd.ones_like(out))
+    np.testing.assert_allclose(out.asnumpy(), expected.asnumpy(), rtol=1e-5, atol=1e-6)
+    for param, value in zip(params, inputs[1:]):
+        np.testing.assert_allclose(param.grad().asnumpy(), 2 * value.grad.asnumpy(), rtol=1e-4,
+                                   atol=1e-5, err_msg=param.name)
+
+
 def test_dense_offset_weight(rng):
     """The dense weight computes the grouped convolution; bad groups are refused."""
     grouped = nd(rng, 6, 2, 3, 3)

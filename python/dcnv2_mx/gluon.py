@@ -25,12 +25,23 @@ __all__ = ["DeformableConvolutionV2", "DeformableConvolutionV1", "ModulatedDefor
 _PARAM_NAMES = {"mxnet": ("deformable_conv_weight", "deformable_conv_bias"),
                 "conv2d": ("weight", "bias")}
 _MASK_ACTIVATIONS = ("2sigmoid", "sigmoid")
+#: The offset convolution computes a multiple of this many filters (see _offset_convolution).
+_OFFSET_FILTER_MULTIPLE = 8
 
 
 def _mask(F, logits, activation):
     """Masks from logits: ``sigmoid`` or ``2*sigmoid`` (mask 1 at logit 0)."""
     mask = F.sigmoid(logits)
     return mask * 2 if activation == "2sigmoid" else mask
+
+
+def _zero_rows(F, value, rows):
+    """Zeros shaped like `value` (n, ...) but with `rows` <= n rows along axis 0.
+
+    Taken from a slice of `value` so that graph shape inference knows their number of
+    dimensions before the other sizes (concat takes an input without them for an empty one).
+    """
+    return F.zeros_like(F.slice_axis(value, axis=0, begin=0, end=rows))
 
 
 def _check_mask_activation(owner, activation):
@@ -137,10 +148,34 @@ class _DeformableConvolution(HybridBlock):
 
     def hybrid_forward(self, F, x, **params):
         weight_name, bias_name = self._param_names
-        offset = F.Convolution(data=x, weight=params["offset_weight"],
-                               bias=params.get("offset_bias"), name="offset", **self._offset_conv)
+        offset = self._offset_convolution(F, x, params["offset_weight"], params.get("offset_bias"))
         out = self._deform(F, x, offset, params[weight_name], params.get(bias_name))
         return self.act(out) if self.act else out
+
+    def _offset_convolution(self, F, x, weight, bias):
+        """The offset convolution of data x (N, C, H, W): (N, n, Ho, Wo), n the offset
+        filters rounded up to a multiple of _OFFSET_FILTER_MULTIPLE; channels past
+        ``offset_weight``'s filters come from zero filters (and zero biases) and are unused.
+
+        Why round up: oneDNN runs a 3x3 convolution with 27 filters (DCNv2) or 18 (DCNv1)
+        through im2col and GEMM, at about half the speed of its direct kernel, which it picks
+        for 32 or 24 (README, Performance). The zero filters are appended to the weight in the
+        graph, so parameters keep their shapes.
+        """
+        conv = dict(self._offset_conv)
+        pad = self._offset_filter_padding()
+        if pad:
+            conv["num_filter"] += pad
+            weight, bias = (None if v is None else F.concat(v, _zero_rows(F, v, pad), dim=0)
+                            for v in (weight, bias))
+        return F.Convolution(data=x, weight=weight, bias=bias, name="offset", **conv)
+
+    def _offset_filter_padding(self):
+        """Zero filters _offset_convolution appends: up to a multiple of
+        _OFFSET_FILTER_MULTIPLE, none for the few filters of 1x1 kernels (fewer than needed)."""
+        filters = self._offset_conv["num_filter"]
+        pad = -filters % _OFFSET_FILTER_MULTIPLE
+        return pad if pad <= filters else 0
 
     def _deform(self, F, x, offset, weight, bias):
         raise NotImplementedError
@@ -268,11 +303,11 @@ class DeformableConvolutionV2(_DeformableConvolution):
                                                  bias=bias, name="fwd", **self._deform_conv)
 
     def _offsets_and_mask(self, F, offset):
-        """The offset convolution's output (N, 3*dg*kh*kw, Ho, Wo) split into the offsets
-        (N, 2*dg*kh*kw, Ho, Wo) and the activated masks (N, dg*kh*kw, Ho, Wo)."""
+        """The offset convolution's output (N, n >= 3*dg*kh*kw, Ho, Wo) split into the
+        offsets (N, 2*dg*kh*kw, Ho, Wo) and the activated masks (N, dg*kh*kw, Ho, Wo)."""
         offsets = F.slice_axis(offset, axis=1, begin=0, end=self._offset_channels)
-        mask = _mask(F, F.slice_axis(offset, axis=1, begin=self._offset_channels, end=None),
-                     self._mask_activation)
+        mask = _mask(F, F.slice_axis(offset, axis=1, begin=self._offset_channels,
+                                     end=self._offset_conv["num_filter"]), self._mask_activation)
         return offsets, mask
 
     def _extra_repr(self):
@@ -304,6 +339,8 @@ class DeformableConvolutionV1(_DeformableConvolution):
     _channels_per_tap = 2
 
     def _deform(self, F, x, offset, weight, bias):
+        if self._offset_filter_padding():
+            offset = F.slice_axis(offset, axis=1, begin=0, end=self._offset_channels)
         return F.contrib.DeformableConvolutionV1(data=x, offset=offset, weight=weight, bias=bias,
                                                  name="fwd", **self._deform_conv)
 

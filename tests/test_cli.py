@@ -174,9 +174,10 @@ def test_bench_model_quick_prints_its_table_and_draws_the_plot(tmp_path, capsys)
     infer, train = table_row(out, "infer_tiny"), table_row(out, "train_tiny")
     assert infer["input"] == "infer 1x3x64x64" and train["input"] == "train 1x3x64x64"
     for row in (infer, train):
-        for column in ("ours / plain", "offset branch / plain"):
+        for column in ("ours / plain", "offset branch / plain", "plain again / plain"):
             assert re.fullmatch(r"\d+\.\d\dx", row[column]), out
-        assert all(float(row[f"{name} ms"]) > 0 for name in ("plain", "offset_branch", "ours"))
+        assert all(float(row[f"{name} ms"]) > 0
+                   for name in ("plain", "offset_branch", "ours", "plain_again"))
     assert re.fullmatch(r"\d+\.\d\dx", infer["builtin / plain"]), out
     assert train["builtin / plain"] == train["builtin ms"] == "-"  # no CPU backward
     assert_png(plot)

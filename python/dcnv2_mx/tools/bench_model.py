@@ -14,7 +14,10 @@ Contenders, each ``gluoncv.model_zoo.get_model('resnet50_v1b', pretrained=False)
   each with its offset-and-mask convolution;
 * ``builtin``: the same 13 layers as MXNet's ``gluon.contrib.cnn.ModulatedDeformableConvolution``
   (same geometry, offset convolution and 2*sigmoid masks), inference only: MXNet's operator has
-  no CPU backward.
+  no CPU backward;
+* ``plain_again``: a second plain network, built last. Two identical networks in one process
+  can differ by several percent (where their memory lies, what else runs); its ratio to
+  ``plain`` shows that spread for the run, the resolution of the other ratios.
 
 Offsets: the offset convolutions keep their zero weights and get biases ~ N(0, 1), so every
 layer samples at fractional offsets ~ N(0, 1) pixels (four corners each) with masks
@@ -56,7 +59,9 @@ QUICK_MODEL_CASES = (
 )
 
 #: Contenders in timing order; "builtin" runs inference cases only.
-NETWORKS = ("plain", "offset_branch", "ours", "builtin")
+NETWORKS = ("plain", "offset_branch", "ours", "builtin", "plain_again")
+#: The networks without DCNv2 layers.
+_PLAIN = ("plain", "plain_again")
 
 
 #: Offset and mask-logit biases of every DCNv2 layer (see above).
@@ -88,8 +93,8 @@ class _OffsetBranchOnly(DeformableConvolutionV2):
 
 def build_networks(ctx, seed=0):
     """{name: network} for NETWORKS: ResNet-50 v1b plain, with the offset branch alone, with
-    our DCNv2 and with MXNet's, initialised on ctx and hybridized (shapes are inferred at the
-    first call)."""
+    our DCNv2, with MXNet's and plain again, initialised on ctx and hybridized (shapes are
+    inferred at the first call)."""
     from gluoncv import model_zoo
 
     from dcnv2_mx.gluoncv import convert_resnet
@@ -99,7 +104,7 @@ def build_networks(ctx, seed=0):
     nets = {}
     for name in NETWORKS:
         net = model_zoo.get_model("resnet50_v1b", pretrained=False)
-        if name != "plain":
+        if name not in _PLAIN:
             convert_resnet(net, offset_bias_initializer=_OFFSET_BIAS)
         if name in swaps:
             # convert_resnet picks the layers; each is then swapped for the contender's block.
@@ -148,9 +153,11 @@ def format_results(results):
              _ratio(r.times["ours"], r.times["plain"]),
              _ratio(r.times["offset_branch"], r.times["plain"]),
              _ratio(r.times.get("builtin"), r.times["plain"]),
+             _ratio(r.times["plain_again"], r.times["plain"]),
              *(_ms(r.times.get(name)) for name in NETWORKS)] for r in results]
     return format_table(["case", "input", "ours / plain", "offset branch / plain",
-                         "builtin / plain", *(f"{name} ms" for name in NETWORKS)], rows)
+                         "builtin / plain", "plain again / plain",
+                         *(f"{name} ms" for name in NETWORKS)], rows)
 
 
 def plot_results(results, path, title=None):

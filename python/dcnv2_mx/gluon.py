@@ -39,7 +39,8 @@ def _zero_rows(F, value, rows):
     """Zeros shaped like `value` (n, ...) but with `rows` <= n rows along axis 0.
 
     Taken from a slice of `value` so that graph shape inference knows their number of
-    dimensions before the other sizes (concat takes an input without them for an empty one).
+    dimensions before their sizes: MXNet's concat would take an input of unknown dimensions for
+    an empty one and fix the output's size too early.
     """
     return F.zeros_like(F.slice_axis(value, axis=0, begin=0, end=rows))
 

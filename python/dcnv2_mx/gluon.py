@@ -98,6 +98,10 @@ class _DeformableConvolution(HybridBlock):
         # The offset conv is never grouped: every offset may depend on every input channel.
         self._offset_conv = dict(geometry, num_filter=self._channels_per_tap
                                  * num_deformable_group * taps, no_bias=not offset_use_bias)
+        # Zero filters _offset_convolution appends, up to a multiple of _OFFSET_FILTER_MULTIPLE;
+        # none for the few filters of 1x1 kernels (fewer than that would add).
+        pad = -self._offset_conv["num_filter"] % _OFFSET_FILTER_MULTIPLE
+        self._offset_pad = pad if pad <= self._offset_conv["num_filter"] else 0
         self._deform_conv = dict(geometry, num_filter=channels, num_group=groups,
                                  num_deformable_group=num_deformable_group,
                                  no_bias=not use_bias, im2col_step=im2col_step)
@@ -164,19 +168,12 @@ class _DeformableConvolution(HybridBlock):
         graph, so parameters keep their shapes.
         """
         conv = dict(self._offset_conv)
-        pad = self._offset_filter_padding()
-        if pad:
-            conv["num_filter"] += pad
-            weight, bias = (None if v is None else F.concat(v, _zero_rows(F, v, pad), dim=0)
+        if self._offset_pad:
+            conv["num_filter"] += self._offset_pad
+            weight, bias = (None if v is None else
+                            F.concat(v, _zero_rows(F, v, self._offset_pad), dim=0)
                             for v in (weight, bias))
         return F.Convolution(data=x, weight=weight, bias=bias, name="offset", **conv)
-
-    def _offset_filter_padding(self):
-        """Zero filters _offset_convolution appends: up to a multiple of
-        _OFFSET_FILTER_MULTIPLE, none for the few filters of 1x1 kernels (fewer than needed)."""
-        filters = self._offset_conv["num_filter"]
-        pad = -filters % _OFFSET_FILTER_MULTIPLE
-        return pad if pad <= filters else 0
 
     def _deform(self, F, x, offset, weight, bias):
         raise NotImplementedError
@@ -340,7 +337,7 @@ class DeformableConvolutionV1(_DeformableConvolution):
     _channels_per_tap = 2
 
     def _deform(self, F, x, offset, weight, bias):
-        if self._offset_filter_padding():
+        if self._offset_pad:
             offset = F.slice_axis(offset, axis=1, begin=0, end=self._offset_channels)
         return F.contrib.DeformableConvolutionV1(data=x, offset=offset, weight=weight, bias=bias,
                                                  name="fwd", **self._deform_conv)

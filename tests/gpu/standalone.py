@@ -13,7 +13,10 @@ CUDA and a GPU; it needs neither MXNet nor a CUDA build of it. Used by test_cuda
 
     python tests/gpu/standalone.py build [--emulated]  # compile the harness, print its path
     python tests/gpu/standalone.py check [--emulated | --asan | --tsan]  # PASS/FAIL table
-    python tests/gpu/standalone.py bench               # timings (the convolution against cuDNN)
+    python tests/gpu/standalone.py bench [--profile]   # timings against cuDNN and torchvision
+
+`--out=DIR` (check, bench) also writes the results as JSON into DIR (standalone_checks.json,
+standalone_bench.json); `--profile` adds the time of every CUDA kernel of each timed call.
 
 DCNV2_STANDALONE_LIB names a prebuilt harness instead (e.g. built on a machine with nvcc).
 
@@ -106,6 +109,9 @@ CASES = {
                               kernel=(5, 5), pad=(2, 2), num_group=2, no_bias=True),
     "v1-b2-k3x3-dg2": dict(batch=2, channels=10, height=5, width=6, num_filter=3,
                            num_deformable_group=2, modulated=False),
+    # 20 channels per deformable group: the offset and mask gradients add chunks of 7, 7 and 6.
+    "b1-k3x3-c40-dg2": dict(batch=1, channels=40, height=5, width=4, num_filter=3,
+                            num_deformable_group=2),
 }
 
 #: The determinism checks' problem: clustered offsets put every sample in the same four cells,
@@ -140,6 +146,9 @@ PSROI_CASES = {
     "p2x4-g2x1-part2x3-cls2-s2": dict(batch=2, output_dim=4, group_size=(2, 1),
                                       pooled_size=(2, 4), part_size=(2, 3), num_classes=2,
                                       special=("outside", "large-trans")),
+    # 20 channels per class: the offset and mask gradients sum chunks of 8, 8 and 4 channels.
+    "p3-g1-cls2-c20-s2": dict(batch=2, output_dim=40, group_size=1, pooled_size=3,
+                              num_classes=2, special=("outside", "nan-trans")),
 }
 
 #: The determinism check's problem: many overlapping RoIs on one image, so that the data
@@ -509,7 +518,7 @@ class Harness:
             ctypes.c_void_p]
         psroi_call = ctypes.POINTER(_PSROICall)
         lib.dcnv2_standalone_psroi_scratch_bytes.argtypes = [
-            psroi_call, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
+            psroi_call, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
         lib.dcnv2_standalone_psroi_forward.argtypes = [
             psroi_call, pointers, ctypes.c_void_p, ctypes.c_void_p]
         lib.dcnv2_standalone_psroi_backward.argtypes = [
@@ -549,8 +558,11 @@ class Harness:
         return tile.value, images.value, scratch.value
 
     def _pointers(self, tensors):
-        return (ctypes.c_void_p * len(tensors))(
+        """A C array of the tensors' device pointers, which keeps the tensors alive."""
+        array = (ctypes.c_void_p * len(tensors))(
             *[None if t is None else self.buffers.pointer(t) for t in tensors])
+        array._tensors = tensors
+        return array
 
     def _gradient_buffers(self, inputs, wanted, poison):
         """Uninitialised gradients like the `wanted` entries of `inputs`; NaN with `poison`, so
@@ -558,69 +570,120 @@ class Harness:
         return {k: self.buffers.full_like(inputs[k], float("nan")) if poison
                 else self.buffers.empty(inputs[k].shape, inputs[k]) for k in wanted}
 
-    def forward(self, spec, inputs, dtype, budget=0):
-        """The output (N, F, Ho, Wo) for `inputs` (tensors keyed by spec.inputs), computed on
-        the current stream."""
+    def forward_call(self, spec, inputs, dtype, budget=0):
+        """(out, run): the output tensor (N, F, Ho, Wo) for `inputs` (tensors keyed by
+        spec.inputs) and run(), which computes it on the current stream. The attributes, plan,
+        scratch and pointers are prepared once, so that a timing of run() holds no Python work
+        but the call itself."""
         b, data = self.buffers, inputs["data"]
         call = self._call(spec, dtype, budget=budget)
         _, _, scratch_bytes = self.plan(spec, dtype, budget=budget)
         scratch, out = b.scratch(scratch_bytes, data), b.empty(spec.out_shape, data)
-        self._check(self.lib.dcnv2_standalone_forward(
-            ctypes.byref(call), self._pointers([inputs[k] for k in spec.inputs]),
-            b.pointer(out), b.pointer(scratch), scratch_bytes, b.stream()))
+        pointers = self._pointers([inputs[k] for k in spec.inputs])
+
+        def run():
+            self._check(self.lib.dcnv2_standalone_forward(
+                ctypes.byref(call), pointers, b.pointer(out), b.pointer(scratch), scratch_bytes,
+                b.stream()))
+        return out, run
+
+    def forward(self, spec, inputs, dtype, budget=0):
+        """The output (N, F, Ho, Wo) for `inputs` (tensors keyed by spec.inputs), computed on
+        the current stream."""
+        out, run = self.forward_call(spec, inputs, dtype, budget)
+        run()
         return out
+
+    def backward_call(self, spec, inputs, out_grad, dtype, deterministic, budget=0, wanted=None,
+                      poison=True):
+        """(grads, run): gradient tensors keyed like `inputs` (only the `wanted` ones, default
+        all) and run(), which computes them for the output gradient (N, F, Ho, Wo) on the
+        current stream, prepared as forward_call's. With `poison` they start as NaN, so that
+        elements the kernels fail to write show."""
+        wanted = spec.inputs if wanted is None else wanted
+        _, _, scratch_bytes = self.plan(spec, dtype, True, deterministic, budget)
+        return self._prepared_backward(self.lib.dcnv2_standalone_backward,
+                                       self._call(spec, dtype, deterministic, budget), spec,
+                                       inputs, out_grad, wanted, poison, scratch_bytes)
+
+    def _prepared_backward(self, entry, call, spec, inputs, out_grad, wanted, poison,
+                           scratch_bytes):
+        """(grads, run) of backward_call and psroi_backward_call: `entry` is the C function,
+        `call` its call description."""
+        b = self.buffers
+        scratch = b.scratch(scratch_bytes, out_grad)
+        grads = self._gradient_buffers(inputs, wanted, poison)
+        in_pointers = self._pointers([inputs[k] for k in spec.inputs])
+        grad_pointers = self._pointers([grads.get(k) for k in spec.inputs])
+
+        def run():
+            self._check(entry(ctypes.byref(call), b.pointer(out_grad), in_pointers,
+                              grad_pointers, b.pointer(scratch), scratch_bytes, b.stream()))
+        return grads, run
 
     def backward(self, spec, inputs, out_grad, dtype, deterministic, budget=0, wanted=None,
                  poison=True):
         """Gradients (tensors keyed like `inputs`; only the `wanted` ones, default all) for the
         output gradient (N, F, Ho, Wo), computed on the current stream. With `poison` they start
         as NaN, so that elements the kernels fail to write show."""
-        b = self.buffers
-        wanted = spec.inputs if wanted is None else wanted
-        call = self._call(spec, dtype, deterministic, budget)
-        _, _, scratch_bytes = self.plan(spec, dtype, True, deterministic, budget)
-        scratch = b.scratch(scratch_bytes, out_grad)
-        grads = self._gradient_buffers(inputs, wanted, poison)
-        self._check(self.lib.dcnv2_standalone_backward(
-            ctypes.byref(call), b.pointer(out_grad),
-            self._pointers([inputs[k] for k in spec.inputs]),
-            self._pointers([grads.get(k) for k in spec.inputs]), b.pointer(scratch),
-            scratch_bytes, b.stream()))
+        grads, run = self.backward_call(spec, inputs, out_grad, dtype, deterministic, budget,
+                                        wanted, poison)
+        run()
         return grads
 
-    def psroi_scratch_bytes(self, spec, dtype, data_grad=True):
+    def psroi_scratch_bytes(self, spec, dtype, data_grad=True, part_grads=True,
+                            deterministic=False):
         """Device scratch bytes of a PS-RoI pooling backward call described by a PSROISpec that
-        wants the data gradient (`data_grad`) or not; the forward takes none. No GPU needed."""
+        wants the data gradient (`data_grad`) or not and the offset and mask gradients
+        (`part_grads`) or not; the forward takes none. No GPU needed."""
         scratch = ctypes.c_uint64()
         self._check(self.lib.dcnv2_standalone_psroi_scratch_bytes(
-            ctypes.byref(self._psroi_call(spec, dtype)), int(data_grad), ctypes.byref(scratch)))
+            ctypes.byref(self._psroi_call(spec, dtype, deterministic)), int(data_grad),
+            int(part_grads), ctypes.byref(scratch)))
         return scratch.value
+
+    def psroi_forward_call(self, spec, inputs, dtype):
+        """(out, run): the PS-RoI pooling output (R, output_dim, P, P) for `inputs` (tensors
+        keyed by spec.inputs) and run(), which computes it on the current stream."""
+        b = self.buffers
+        out = b.empty(spec.out_shape, inputs["data"])
+        call = self._psroi_call(spec, dtype)
+        pointers = self._pointers([inputs[k] for k in spec.inputs])
+
+        def run():
+            self._check(self.lib.dcnv2_standalone_psroi_forward(
+                ctypes.byref(call), pointers, b.pointer(out), b.stream()))
+        return out, run
 
     def psroi_forward(self, spec, inputs, dtype):
         """The PS-RoI pooling output (R, output_dim, P, P) for `inputs` (tensors keyed by
         spec.inputs), computed on the current stream."""
-        b = self.buffers
-        out = b.empty(spec.out_shape, inputs["data"])
-        self._check(self.lib.dcnv2_standalone_psroi_forward(
-            ctypes.byref(self._psroi_call(spec, dtype)),
-            self._pointers([inputs[k] for k in spec.inputs]), b.pointer(out), b.stream()))
+        out, run = self.psroi_forward_call(spec, inputs, dtype)
+        run()
         return out
+
+    def psroi_backward_call(self, spec, inputs, out_grad, dtype, deterministic, wanted=None,
+                            poison=True):
+        """(grads, run): PS-RoI pooling gradient tensors keyed like `inputs` (only the `wanted`
+        ones, default all, the rois one zero) and run(), which computes them for the output
+        gradient (R, output_dim, P, P) on the current stream. With `poison` they start as
+        NaN."""
+        wanted = spec.inputs if wanted is None else wanted
+        scratch_bytes = self.psroi_scratch_bytes(spec, dtype, "data" in wanted,
+                                                 bool({"trans", "mask"} & set(wanted)),
+                                                 deterministic)
+        return self._prepared_backward(self.lib.dcnv2_standalone_psroi_backward,
+                                       self._psroi_call(spec, dtype, deterministic), spec,
+                                       inputs, out_grad, wanted, poison, scratch_bytes)
 
     def psroi_backward(self, spec, inputs, out_grad, dtype, deterministic, wanted=None,
                        poison=True):
         """PS-RoI pooling gradients (tensors keyed like `inputs`; only the `wanted` ones, default
         all, the rois one zero) for the output gradient (R, output_dim, P, P), computed on the
         current stream. With `poison` they start as NaN."""
-        b = self.buffers
-        wanted = spec.inputs if wanted is None else wanted
-        scratch_bytes = self.psroi_scratch_bytes(spec, dtype, "data" in wanted)
-        scratch = b.scratch(scratch_bytes, out_grad)
-        grads = self._gradient_buffers(inputs, wanted, poison)
-        self._check(self.lib.dcnv2_standalone_psroi_backward(
-            ctypes.byref(self._psroi_call(spec, dtype, deterministic)), b.pointer(out_grad),
-            self._pointers([inputs[k] for k in spec.inputs]),
-            self._pointers([grads.get(k) for k in spec.inputs]), b.pointer(scratch),
-            scratch_bytes, b.stream()))
+        grads, run = self.psroi_backward_call(spec, inputs, out_grad, dtype, deterministic,
+                                              wanted, poison)
+        run()
         return grads
 
 
@@ -1089,13 +1152,19 @@ def require_gpu():
 
 
 # ------------------------------------------------------------------------------------------
-# Timings: the convolution against cuDNN, the PS-RoI pooling alone
+# Timings: the convolution against cuDNN and torchvision, the PS-RoI pooling alone
 
-#: (N, C, H, W, F) of the timing: ResNet stages conv3-conv5 at a 512x512 input, where DCNv2 goes.
-BENCH_SHAPES = [(8, 128, 64, 64, 128), (8, 256, 32, 32, 256), (8, 512, 16, 16, 512)]
+#: (name, N, C, H, W, F, deformable groups, stride) of the 3x3, pad-1 timings: the cases of the
+#: CPU benchmark (python/dcnv2_mx/tools/benchmark.py) and a batch-16 detector feature map.
+BENCH_CASES = [("res_c3", 1, 128, 100, 136, 128, 1, 1), ("res_c4", 1, 256, 50, 68, 256, 1, 1),
+               ("res_c5", 1, 512, 25, 34, 512, 1, 1), ("small", 2, 64, 56, 56, 64, 1, 1),
+               ("batch8", 8, 64, 32, 32, 64, 1, 1), ("dg4", 2, 64, 32, 32, 64, 4, 1),
+               ("strided", 2, 64, 56, 56, 64, 1, 2), ("detector", 4, 256, 64, 64, 256, 1, 1),
+               ("detector16", 16, 256, 64, 64, 256, 1, 1)]
 
 
-def _time_ms(fn, repeat=20, warmup=3):
+def _time_ms(fn, repeat, warmup=1):
+    """Mean ms of `repeat` back-to-back calls of fn, by CUDA events, after `warmup` calls."""
     import torch
     for _ in range(warmup):
         fn()
@@ -1109,53 +1178,192 @@ def _time_ms(fn, repeat=20, warmup=3):
     return start.elapsed_time(end) / repeat
 
 
-def bench(harness, shapes=BENCH_SHAPES, dtypes=("float32", "float16")):
-    """Rows of timings (ms): DCNv2 3x3 forward and forward+backward (atomic and deterministic
-    data gradient) against cuDNN's 3x3 convolution of the same shape (TF32 off), with ratios."""
+def time_alternating(contenders, rounds=5, repeat=10):
+    """{name: median ms} of the callables in `contenders` (a dict), timed in turn, round after
+    round, so that a drift of the clocks or of the memory touches them all alike."""
+    times = {name: [] for name in contenders}
+    for name, fn in contenders.items():
+        _time_ms(fn, 1, warmup=2)
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            times[name].append(_time_ms(fn, repeat))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def relative_error(actual, expected):
+    """max |actual - expected| / max |expected|, in float64."""
+    actual, expected = actual.double(), expected.double()
+    scale = expected.abs().max().item()
+    return (actual - expected).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+class ConvBench:
+    """One timing case: inputs of a DCNv2 3x3 convolution on cuda:0 and the contenders (ours,
+    cuDNN's regular convolution, torchvision's deform_conv2d where installed), forward and
+    forward+backward of every input."""
+
+    def __init__(self, harness, case, dtype):
+        import torch
+        name, n, c, h, w, f, dg, stride = case
+        self.name, self.dtype, self.stride = name, dtype, stride
+        ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+        dev, tdtype = "cuda:0", getattr(torch, dtype)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        self.spec = ConvSpec(True, dict(kernel=(3, 3), pad=(1, 1), stride=(stride, stride),
+                                        num_filter=f, num_deformable_group=dg),
+                             (n, c, h, w), (n, f, ho, wo),
+                             ["data", "offset", "mask", "weight", "bias"])
+        shapes = {"data": (n, c, h, w), "offset": (n, 2 * dg * 9, ho, wo),
+                  "mask": (n, dg * 9, ho, wo), "weight": (f, c, 3, 3), "bias": (f,)}
+        draw = {"data": lambda s: torch.randn(s, device=dev, generator=gen),
+                "offset": lambda s: torch.rand(s, device=dev, generator=gen) * 4 - 2,
+                "mask": lambda s: torch.rand(s, device=dev, generator=gen),
+                "weight": lambda s: torch.randn(s, device=dev, generator=gen) * (c * 9) ** -0.5,
+                "bias": lambda s: torch.randn(s, device=dev, generator=gen)}
+        self.inputs = {k: draw[k](shape).to(tdtype) for k, shape in shapes.items()}
+        self.dout = torch.randn(self.spec.out_shape, device=dev, generator=gen).to(tdtype)
+        self.harness = harness
+
+    def ours(self):
+        """{label: callable} of our forward and forward+backward (atomic, deterministic)."""
+        h, spec, inputs, dtype = self.harness, self.spec, self.inputs, self.dtype
+        _, forward = h.forward_call(spec, inputs, dtype)
+        _, atomic = h.backward_call(spec, inputs, self.dout, dtype, False, poison=False)
+        _, determ = h.backward_call(spec, inputs, self.dout, dtype, True, poison=False)
+        return {"ours fwd": forward,
+                "ours f+b atomic": lambda: (forward(), atomic()),
+                "ours f+b determ.": lambda: (forward(), determ())}
+
+    def cudnn(self):
+        """{label: callable} of cuDNN's 3x3 convolution of the same shape (TF32 off)."""
+        import torch
+        import torch.nn.functional as F
+        leaves = [self.inputs[k].clone().requires_grad_() for k in ("data", "weight", "bias")]
+        stride = self.stride
+
+        def forward():
+            with torch.no_grad():
+                F.conv2d(*leaves, stride=stride, padding=1)
+        return {"cudnn fwd": forward,
+                "cudnn f+b": lambda: torch.autograd.grad(
+                    F.conv2d(*leaves, stride=stride, padding=1), leaves, self.dout)}
+
+    def torchvision(self):
+        """{label: callable} of torchvision.ops.deform_conv2d with our inputs, after checking
+        that its output and gradients equal ours; {} without torchvision. Returns also the
+        largest relative difference from ours."""
+        try:
+            import torchvision
+        except ImportError:
+            return {}, None
+        import torch
+        names = ["data", "offset", "mask", "weight", "bias"]
+        leaves = {k: self.inputs[k].clone().requires_grad_() for k in names}
+        stride = self.stride
+
+        def run(*xs):
+            data, offset, mask, weight, bias = xs
+            return torchvision.ops.deform_conv2d(data, offset, weight, bias, stride=stride,
+                                                 padding=1, mask=mask)
+        ordered = [leaves[k] for k in names]
+        theirs = run(*ordered)
+        their_grads = torch.autograd.grad(theirs, ordered, self.dout)
+        ours = self.harness.forward(self.spec, self.inputs, self.dtype)
+        our_grads = self.harness.backward(self.spec, self.inputs, self.dout, self.dtype, True)
+        torch.cuda.synchronize()
+        differences = {"out": relative_error(ours, theirs)}
+        differences.update({k: relative_error(our_grads[k], g)
+                            for k, g in zip(names, their_grads)})
+
+        def forward():
+            with torch.no_grad():
+                run(*ordered)
+        return ({"torchvision fwd": forward,
+                 "torchvision f+b": lambda: torch.autograd.grad(run(*ordered), ordered,
+                                                               self.dout)},
+                differences)
+
+
+def bench(harness, cases=BENCH_CASES, dtypes=("float32", "float16")):
+    """Rows (dicts) of timings (ms, medians of alternating rounds): DCNv2 3x3 forward and
+    forward+backward (atomic and deterministic data gradient) against cuDNN's 3x3 convolution
+    of the same shape (TF32 off) and torchvision's deform_conv2d, with ratios, and the
+    largest relative difference of torchvision's output and gradients from ours."""
     import torch
-    import torch.nn.functional as F
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = False
-    dev = "cuda:0"
+    torch.backends.cuda.matmul.allow_tf32 = False
     rows = []
-    for n, c, h, w, f in shapes:
-        spec = ConvSpec(True, dict(kernel=(3, 3), pad=(1, 1), num_filter=f), (n, c, h, w),
-                        (n, f, h, w), ["data", "offset", "mask", "weight", "bias"])
+    for case in cases:
         for dtype in dtypes:
-            tdtype = getattr(torch, dtype)
-            inputs = {"data": torch.randn(n, c, h, w, device=dev),
-                      "offset": torch.rand(n, 18, h, w, device=dev) * 4 - 2,
-                      "mask": torch.sigmoid(torch.randn(n, 9, h, w, device=dev)),
-                      "weight": torch.randn(f, c, 3, 3, device=dev) * 0.05,
-                      "bias": torch.randn(f, device=dev)}
-            inputs = {k: v.to(tdtype) for k, v in inputs.items()}
-            dout = torch.randn(n, f, h, w, device=dev, dtype=tdtype)
-            leaves = [inputs[k].clone().requires_grad_() for k in ("data", "weight", "bias")]
-
-            def cudnn_fwd():
-                with torch.no_grad():
-                    F.conv2d(*leaves, padding=1)
-
-            def cudnn_fwd_bwd():
-                torch.autograd.grad(F.conv2d(*leaves, padding=1), leaves, dout)
-
-            def dcn_fwd():
-                harness.forward(spec, inputs, dtype)
-
-            def dcn_fwd_bwd(deterministic):
-                harness.forward(spec, inputs, dtype)
-                harness.backward(spec, inputs, dout, dtype, deterministic, poison=False)
-
-            dcn_f, cud_f = _time_ms(dcn_fwd), _time_ms(cudnn_fwd)
-            dcn_a, dcn_d = _time_ms(lambda: dcn_fwd_bwd(False)), _time_ms(lambda: dcn_fwd_bwd(True))
-            cud_fb = _time_ms(cudnn_fwd_bwd)
-            rows.append([f"{n}x{c}x{h}x{w}->{f}", dtype, dcn_f, cud_f, dcn_f / cud_f, dcn_a,
-                         dcn_d, cud_fb, dcn_a / cud_fb, dcn_d / cud_fb])
+            setup = ConvBench(harness, case, dtype)
+            try:
+                tv, differences = setup.torchvision()
+            except RuntimeError as error:  # e.g. a dtype its CUDA kernels lack
+                print(f"torchvision on {case[0]} {dtype}: {error}")
+                tv, differences = {}, None
+            t = time_alternating({**setup.ours(), **setup.cudnn(), **tv})
+            row = {"case": case[0], "shape": "{1}x{2}x{3}x{4}->{5} dg{6} s{7}".format(*case),
+                   "dtype": dtype, **t,
+                   "fwd / cudnn": t["ours fwd"] / t["cudnn fwd"],
+                   "f+b atomic / cudnn": t["ours f+b atomic"] / t["cudnn f+b"],
+                   "f+b determ. / cudnn": t["ours f+b determ."] / t["cudnn f+b"]}
+            if tv:
+                row.update({"fwd / torchvision": t["ours fwd"] / t["torchvision fwd"],
+                            "f+b atomic / torchvision":
+                                t["ours f+b atomic"] / t["torchvision f+b"],
+                            "torchvision max rel. difference": max(differences.values())})
+            rows.append(row)
+            del setup
+            torch.cuda.empty_cache()
     return rows
 
 
-BENCH_HEADER = ["shape NxCxHxW->F", "dtype", "dcn fwd", "cudnn fwd", "ratio", "dcn f+b atomic",
-                "dcn f+b determ.", "cudnn f+b", "ratio atomic", "ratio determ."]
+BENCH_COLUMNS = ["case", "dtype", "ours fwd", "cudnn fwd", "torchvision fwd", "fwd / cudnn",
+                 "fwd / torchvision", "ours f+b atomic", "ours f+b determ.", "cudnn f+b",
+                 "torchvision f+b", "f+b atomic / cudnn", "f+b determ. / cudnn",
+                 "f+b atomic / torchvision", "torchvision max rel. difference"]
+
+
+def bench_offset_filters(cases=BENCH_CASES, dtypes=("float32", "float16")):
+    """Rows of cuDNN timings (ms) of a DCNv2 layer's offset/mask convolution, C -> 27 filters,
+    against the same with 32 (the Gluon blocks round the filters up to a multiple of 8 with
+    zero filters), forward and forward+backward."""
+    import torch
+    import torch.nn.functional as F
+    rows = []
+    for name, n, c, h, w, _, dg, stride in cases:
+        if dg != 1:
+            continue
+        for dtype in dtypes:
+            tdtype = getattr(torch, dtype)
+            data = torch.randn(n, c, h, w, device="cuda:0", dtype=tdtype, requires_grad=True)
+            contenders = {}
+            for filters in (27, 32):
+                weight = (torch.randn(filters, c, 3, 3, device="cuda:0", dtype=tdtype) * 0.01
+                          ).requires_grad_()
+                bias = torch.zeros(filters, device="cuda:0", dtype=tdtype, requires_grad=True)
+
+                def forward(weight=weight, bias=bias):
+                    return F.conv2d(data, weight, bias, stride=stride, padding=1)
+                dout = torch.randn_like(forward())
+
+                def no_grad(forward=forward):
+                    with torch.no_grad():
+                        forward()
+                contenders[f"{filters} fwd"] = no_grad
+                contenders[f"{filters} f+b"] = (
+                    lambda forward=forward, weight=weight, bias=bias, dout=dout:
+                    torch.autograd.grad(forward(), [data, weight, bias], dout))
+            t = time_alternating(contenders)
+            rows.append({"case": name, "dtype": dtype, **t,
+                         "fwd 32 / 27": t["32 fwd"] / t["27 fwd"],
+                         "f+b 32 / 27": t["32 f+b"] / t["27 f+b"]})
+    return rows
+
+
+OFFSET_FILTER_COLUMNS = ["case", "dtype", "27 fwd", "32 fwd", "fwd 32 / 27", "27 f+b", "32 f+b",
+                         "f+b 32 / 27"]
 
 #: The PS-RoI pooling timing: the modulated deformable RoI head of an 800x1088 image at stride
 #: 16, 256 channels (group_size 1, one class), 512 RoIs, 7x7 bins of 2x2 samples.
@@ -1165,10 +1373,10 @@ PSROI_BENCH_PARAMS = dict(spatial_scale=0.0625, output_dim=256, group_size=1, po
 PSROI_BENCH_SHAPE, PSROI_BENCH_ROIS = (1, 256, 50, 68), 512
 
 
-def bench_psroi(harness, dtypes=("float32", "float16")):
-    """Rows of timings (ms) of the PS-RoI pooling of PSROI_BENCH_*: forward, and forward and
+def psroi_bench_calls(harness, dtype):
+    """{label: callable} of the PS-RoI pooling of PSROI_BENCH_*: forward, and forward and
     backward (data, trans and mask gradients) with the atomic and the deterministic data
-    gradient. No baseline: PyTorch has no deformable PS-RoI pooling."""
+    gradient."""
     import torch
     dev = "cuda:0"
     spec = psroi_spec(PSROI_BENCH_PARAMS, PSROI_BENCH_SHAPE, PSROI_BENCH_ROIS, 1)
@@ -1180,40 +1388,127 @@ def bench_psroi(harness, dtypes=("float32", "float16")):
     size = 32 + torch.rand(PSROI_BENCH_ROIS, 2, device=dev, generator=generator) * 256
     rois = torch.cat([torch.zeros(PSROI_BENCH_ROIS, 1, device=dev), corner, corner + size], 1)
     part = PSROI_BENCH_PARAMS["part_size"]
+    inputs = {"data": torch.randn(spec.shape, device=dev, generator=generator), "rois": rois,
+              "trans": torch.randn(PSROI_BENCH_ROIS, 2, part, part, device=dev,
+                                   generator=generator),
+              "mask": torch.rand(PSROI_BENCH_ROIS, 1, part, part, device=dev,
+                                 generator=generator)}
+    inputs = {k: v.to(getattr(torch, dtype)) for k, v in inputs.items()}
+    dout = torch.randn(spec.out_shape, device=dev, generator=generator).to(inputs["data"].dtype)
+    wanted = ["data", "trans", "mask"]
+    _, forward = harness.psroi_forward_call(spec, inputs, dtype)
+    _, atomic = harness.psroi_backward_call(spec, inputs, dout, dtype, False, wanted, False)
+    _, determ = harness.psroi_backward_call(spec, inputs, dout, dtype, True, wanted, False)
+    return {"fwd": forward, "f+b atomic": lambda: (forward(), atomic()),
+            "f+b determ.": lambda: (forward(), determ())}
+
+
+def bench_psroi(harness, dtypes=("float32", "float16")):
+    """Rows of timings (ms) of psroi_bench_calls. No baseline: PyTorch has no deformable PS-RoI
+    pooling."""
+    n, c, h, w = PSROI_BENCH_SHAPE
+    return [{"shape": f"{n}x{c}x{h}x{w}, {PSROI_BENCH_ROIS} RoIs, 7x7x2x2", "dtype": dtype,
+             **time_alternating(psroi_bench_calls(harness, dtype))} for dtype in dtypes]
+
+
+PSROI_BENCH_COLUMNS = ["shape", "dtype", "fwd", "f+b atomic", "f+b determ."]
+
+
+def kernel_profile(harness, cases=BENCH_CASES, iterations=3):
+    """Rows {what, kernel, calls, us per iteration} of the CUDA kernels (and memsets) of our
+    float32 forward, forward+backward (atomic, deterministic) and torchvision's
+    forward+backward on each case, and of the PS-RoI pooling, by PyTorch's profiler (CUPTI
+    sees every kernel of the process, ours and cuBLAS's included)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    calls = []
+    for case in cases:
+        setup = ConvBench(harness, case, "float32")
+        tv, _ = setup.torchvision()
+        calls += [(f"{case[0]} {label}", fn) for label, fn in {**setup.ours(), **tv}.items()
+                  if "fwd" not in label or label == "ours fwd"]
+    calls += [(f"psroi {label}", fn) for label, fn in psroi_bench_calls(harness,
+                                                                         "float32").items()]
     rows = []
-    for dtype in dtypes:
-        inputs = {"data": torch.randn(spec.shape, device=dev, generator=generator), "rois": rois,
-                  "trans": torch.randn(PSROI_BENCH_ROIS, 2, part, part, device=dev,
-                                       generator=generator),
-                  "mask": torch.rand(PSROI_BENCH_ROIS, 1, part, part, device=dev,
-                                     generator=generator)}
-        inputs = {k: v.to(getattr(torch, dtype)) for k, v in inputs.items()}
-        dout = torch.randn(spec.out_shape, device=dev, generator=generator).to(inputs["data"].dtype)
-        wanted = ["data", "trans", "mask"]
-
-        def forward():
-            harness.psroi_forward(spec, inputs, dtype)
-
-        def forward_backward(deterministic):
-            harness.psroi_forward(spec, inputs, dtype)
-            harness.psroi_backward(spec, inputs, dout, dtype, deterministic, wanted, poison=False)
-
-        rows.append([f"{n}x{spec.shape[1]}x{h}x{w}, {PSROI_BENCH_ROIS} RoIs, 7x7x2x2", dtype,
-                     _time_ms(forward), _time_ms(lambda: forward_backward(False)),
-                     _time_ms(lambda: forward_backward(True))])
+    for what, fn in calls:
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(iterations):
+                fn()
+            torch.cuda.synchronize()
+        for event in prof.key_averages():
+            device_us = getattr(event, "device_time_total", None)
+            if device_us is None:
+                device_us = event.cuda_time_total
+            if device_us > 0:
+                rows.append({"what": what, "kernel": event.key[:90],
+                             "calls": event.count / iterations,
+                             "us per iteration": device_us / iterations})
     return rows
 
 
-PSROI_BENCH_HEADER = ["PS-RoI pooling NxCxHxW, RoIs, PxPxSxS", "dtype", "fwd", "f+b atomic",
-                      "f+b determ."]
+def print_profile(rows, top=6):
+    """The `top` kernels of each profiled call, by time."""
+    by_what = collections.defaultdict(list)
+    for row in rows:
+        by_what[row["what"]].append(row)
+    for what, kernels in by_what.items():
+        total = sum(k["us per iteration"] for k in kernels)
+        print(f"{what}: {total:.0f} us")
+        for k in sorted(kernels, key=lambda k: -k["us per iteration"])[:top]:
+            print(f"    {k['us per iteration']:8.1f} us  x{k['calls']:.0f}  {k['kernel']}")
 
 
-def format_table(header, rows):
-    """Plain-text table; floats with three significant digits."""
-    cells = [[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+def environment():
+    """The device and versions the timings were taken on."""
+    import torch
+    versions = {"torch": torch.__version__, "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+                "device": torch.cuda.get_device_name(0),
+                "capability": ".".join(map(str, torch.cuda.get_device_capability(0)))}
+    try:
+        import torchvision
+        versions["torchvision"] = torchvision.__version__
+    except ImportError:
+        versions["torchvision"] = None
+    return versions
+
+
+def format_table(columns, rows):
+    """Plain-text table of the `columns` of `rows` (dicts, or lists in column order); floats
+    with three significant digits, a missing value as '-'."""
+    rows = [row if isinstance(row, dict) else dict(zip(columns, row)) for row in rows]
+    cells = [[f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "-"))
+              for c in columns] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(columns)]
     line = lambda values: "  ".join(str(v).rjust(w) for v, w in zip(values, widths))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in cells])
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def run_bench(harness, out_dir=None, profile=False):
+    """Every timing, printed as tables and, with `out_dir`, written to
+    out_dir/standalone_bench.json; with `profile` also the kernels of each call."""
+    import json
+    results = {"environment": environment()}
+    print(results["environment"])
+    results["psroi"] = bench_psroi(harness)
+    print(format_table(PSROI_BENCH_COLUMNS, results["psroi"]))
+    print("times in ms per call; f+b = forward + backward of data, trans and mask\n")
+    results["offset_filters"] = bench_offset_filters()
+    print(format_table(OFFSET_FILTER_COLUMNS, results["offset_filters"]))
+    print("cuDNN, ms per call: the offset/mask convolution with 27 and with 32 filters\n")
+    results["conv"] = bench(harness)
+    print(format_table(BENCH_COLUMNS, results["conv"]))
+    print("times in ms per call, medians of 5 alternating rounds; f+b = forward + backward of "
+          "every input; the offset/mask convolution of a DCNv2 layer is not included")
+    if profile:
+        results["profile"] = kernel_profile(harness)
+        print_profile(results["profile"])
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "standalone_bench.json"), "w") as f:
+            json.dump(results, f, indent=1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -1221,15 +1516,17 @@ def format_table(header, rows):
 
 
 def main(argv):
-    flags = {a for a in argv[1:] if a.startswith("--")}
+    out_dir = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--out=")), None)
+    flags = {a for a in argv[1:] if a.startswith("--") and not a.startswith("--out=")}
     args = [a for a in argv[1:] if not a.startswith("--")]
     command = args[0] if args else "check"
     sanitizers = {"--asan": "address", "--tsan": "thread"}
     chosen = [sanitizers[f] for f in flags if f in sanitizers]
     sanitizer = chosen[0] if chosen else None
     emulated = "--emulated" in flags or sanitizer is not None
-    if (flags - {"--emulated", *sanitizers} or len(chosen) > 1
-            or command not in ("build", "check", "bench")):
+    if (flags - {"--emulated", "--profile", *sanitizers} or len(chosen) > 1
+            or command not in ("build", "check", "bench")
+            or ("--profile" in flags and command != "bench")):
         print(__doc__, file=sys.stderr)
         return 2
     if emulated and command == "bench":
@@ -1254,12 +1551,7 @@ def main(argv):
         return 2
     print(f"harness: {harness.path}")
     if command == "bench":
-        print(format_table(BENCH_HEADER, bench(harness)))
-        print("times in ms per call; f+b = forward + backward of every input; the offset/mask "
-              "convolution of a DCNv2 layer is not included")
-        print()
-        print(format_table(PSROI_BENCH_HEADER, bench_psroi(harness)))
-        print("times in ms per call; f+b = forward + backward of data, trans and mask")
+        run_bench(harness, out_dir, "--profile" in flags)
         return 0
     rows, failed = [], 0
     for name, check in all_checks():
@@ -1276,6 +1568,11 @@ def main(argv):
         rows.append([name, status, time.time() - started])
     print(format_table(["check", "result", "seconds"], rows))
     print(f"{len(rows) - failed} of {len(rows)} checks passed or skipped, {failed} failed")
+    if out_dir:
+        import json
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "standalone_checks.json"), "w") as f:
+            json.dump([dict(zip(["check", "result", "seconds"], r)) for r in rows], f, indent=1)
     return 1 if failed else 0
 
 

@@ -252,14 +252,17 @@ int dcnv2_standalone_backward(const DcnStandaloneCall* call, const void* out_gra
 
 /*!
  * \brief Device scratch bytes of a PS-RoI pooling backward call that wants the data gradient
- *        (`data_grad` != 0) or not; the forward takes no scratch.
+ *        (`data_grad` != 0) or not and the offset and mask gradients (`part_grads` != 0) or
+ *        not; the forward takes no scratch.
  */
 int dcnv2_standalone_psroi_scratch_bytes(const DcnPsroiStandaloneCall* call, int data_grad,
-                                         uint64_t* scratch_bytes) {
+                                         int part_grads, uint64_t* scratch_bytes) {
   return guarded([&] {
     PoolCall r = resolve(*call, true);
-    static char wanted;  // any address: the planner asks only whether the gradient is wanted
+    static char wanted;  // any address: the planner asks only whether a gradient is wanted
     r.call.outputs[0].data = data_grad ? &wanted : nullptr;
+    for (size_t i = 2; i < r.call.outputs.size(); ++i)
+      r.call.outputs[i].data = part_grads ? &wanted : nullptr;
     dcnv2_mx::dispatch_dtype<Gpu>(call->dtype, [&](auto tag) {
       *scratch_bytes = Pool::plan<decltype(tag)>(Gpu{}, Pool::geometry(r.param, r.call), r.call,
                                                  r.host, Pool::budget_bytes(r.param), 0)
@@ -282,7 +285,8 @@ int dcnv2_standalone_psroi_forward(const DcnPsroiStandaloneCall* call, const voi
 /*!
  * \brief Gradients of the pooling's inputs (null entries of `grads` are skipped; the rois
  *        gradient is zero), on `stream`. `scratch` holds at least
- *        dcnv2_standalone_psroi_scratch_bytes(call, grads[0] != null) bytes.
+ *        dcnv2_standalone_psroi_scratch_bytes(call, grads[0] != null, any of grads[2:] !=
+ *        null) bytes.
  */
 int dcnv2_standalone_psroi_backward(const DcnPsroiStandaloneCall* call, const void* out_grad,
                                     const void* const* inputs, void* const* grads, void* scratch,

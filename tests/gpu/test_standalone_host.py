@@ -253,11 +253,27 @@ def small_psroi_spec(num_rois=5, num_classes=2, **changes):
 
 
 @pytest.mark.parametrize("dtype", sorted(standalone.DTYPE_CODES))
-def test_psroi_scratch_is_a_float32_data_gradient_for_float16_only(harness, dtype):
-    spec = small_psroi_spec()
+def test_psroi_scratch_holds_what_the_wanted_gradients_need(harness, dtype):
+    """A float32 atomic data gradient for float16; the bin table and RoI boxes of the
+    deterministic data gradient; partial sums (3 per RoI, class, chunk of 8 channels and
+    part cell) of the offset and mask gradients when a class has more than 8 channels. Each
+    block has room to align its start (63 bytes)."""
+    spec = small_psroi_spec()  # 5 RoIs, 2 classes of 2 channels: one chunk, no partial sums
     assert harness.psroi_scratch_bytes(spec, dtype) == (
-        4 * 2 * 36 * 9 * 8 if dtype == "float16" else 0)
+        4 * 2 * 36 * 9 * 8 + 63 if dtype == "float16" else 0)
     assert harness.psroi_scratch_bytes(spec, dtype, data_grad=False) == 0
+    # The deterministic data gradient's table: 5 RoIs x 2 classes x 9 bins of (where the bin
+    # samples: 4 floats and a 64-bit part index; modulation, count, a box of 4 ints), 64-byte
+    # aligned, and a box per RoI and class.
+    table_entry = 72 if dtype == "float64" else 48
+    aligned_table = -(-5 * 2 * 9 * table_entry // 64) * 64
+    assert harness.psroi_scratch_bytes(spec, dtype, data_grad=True, part_grads=False,
+                                       deterministic=True) == aligned_table + 16 * 5 * 2 + 63
+    wide = small_psroi_spec(output_dim=36, group_size=1)  # 18 channels per class: 3 chunks
+    accumulator_bytes = 8 if dtype == "float64" else 4
+    assert harness.psroi_scratch_bytes(wide, dtype, data_grad=False) == (
+        3 * 5 * 2 * 3 * 9 * accumulator_bytes + 63)
+    assert harness.psroi_scratch_bytes(wide, dtype, data_grad=False, part_grads=False) == 0
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -291,7 +307,7 @@ def test_psroi_backward_refuses_short_scratch_before_touching_the_device(harness
     fake = ctypes.c_void_p(256)  # never dereferenced: the call fails first
     inputs = (ctypes.c_void_p * 4)(fake, fake, fake, fake)
     grads = (ctypes.c_void_p * 4)(fake, None, None, None)
-    needed = harness.psroi_scratch_bytes(spec, "float16")
+    needed = harness.psroi_scratch_bytes(spec, "float16", part_grads=False)
     rc = harness.lib.dcnv2_standalone_psroi_backward(ctypes.byref(call), fake, inputs, grads,
                                                      fake, needed - 1, None)
     assert rc == -1

@@ -12,6 +12,7 @@
 #ifndef DCNV2_MX_PSROI_POOLING_KERNEL_H_
 #define DCNV2_MX_PSROI_POOLING_KERNEL_H_
 
+#include <climits>
 #include <cmath>
 
 #include "common/clamped_bilinear.h"
@@ -53,11 +54,35 @@ struct PSROIPoolGeometry {
   DCN_HD index_t input_channel(index_t ctop, int ph, int pw) const {
     return (ctop * group_h + group_row(ph)) * group_w + group_col(pw);
   }
+  /*! \brief The bin rows [*begin, *end) whose part cell row is `cell`; columns alike. */
+  DCN_HD void rows_of_part(int cell, int* begin, int* end) const {
+    scaled_range(cell, part_h, pooled_h, begin, end);
+  }
+  DCN_HD void cols_of_part(int cell, int* begin, int* end) const {
+    scaled_range(cell, part_w, pooled_w, begin, end);
+  }
+  /*! \brief The bin rows [*begin, *end) of position-sensitive group row gh; columns alike. */
+  DCN_HD void rows_of_group(int gh, int* begin, int* end) const {
+    scaled_range(gh, group_h, pooled_h, begin, end);
+  }
+  DCN_HD void cols_of_group(int gw, int* begin, int* end) const {
+    scaled_range(gw, group_w, pooled_w, begin, end);
+  }
 
  private:
   /*! \brief floor(p * cells / pooled) in integers. */
   DCN_HD static int scaled_index(int p, int cells, int pooled) {
     return static_cast<int>(static_cast<index_t>(p) * cells / pooled);
+  }
+  /*!
+   * \brief The p with scaled_index(p, cells, pooled) == cell: cell * pooled / cells <= p <
+   *        (cell + 1) * pooled / cells, so [ceil(cell * pooled / cells), ceil((cell + 1) *
+   *        pooled / cells)). Looping over it instead of testing every p keeps the threads of a
+   *        GPU warp, which handle different cells, on the same path.
+   */
+  DCN_HD static void scaled_range(int cell, int cells, int pooled, int* begin, int* end) {
+    *begin = static_cast<int>((static_cast<index_t>(cell) * pooled + cells - 1) / cells);
+    *end = static_cast<int>((static_cast<index_t>(cell + 1) * pooled + cells - 1) / cells);
   }
 };
 
@@ -324,71 +349,202 @@ DCN_HD void channel_data_grad(const PSROIPoolGeometry& g, const PSROIPoolBackwar
   const index_t ctop = c / group_cells;
   const int gh = static_cast<int>(c / g.group_w % g.group_h);
   const int gw = static_cast<int>(c % g.group_w);
+  int ph0, ph1, pw0, pw1;
+  g.rows_of_group(gh, &ph0, &ph1);
+  g.cols_of_group(gw, &pw0, &pw1);
   for (index_t r = 0; r < g.rois; ++r)
-    for (int ph = 0; ph < g.pooled_h; ++ph) {
-      if (g.group_row(ph) != gh) continue;
-      for (int pw = 0; pw < g.pooled_w; ++pw)
-        if (g.group_col(pw) == gw)
-          scatter_bin_grad<T, Acc, G>(
-              g, a, ((r * g.output_dim + ctop) * g.pooled_h + ph) * g.pooled_w + pw, grad);
+    for (int ph = ph0; ph < ph1; ++ph)
+      for (int pw = pw0; pw < pw1; ++pw)
+        scatter_bin_grad<T, Acc, G>(
+            g, a, ((r * g.output_dim + ctop) * g.pooled_h + ph) * g.pooled_w + pw, grad);
+}
+
+/*! \brief Sums of a part cell's offset (x, y) and mask gradients. */
+template <typename Acc>
+struct PartCellGrad {
+  Acc x, y, m;
+};
+
+/*!
+ * \brief The offset and mask gradient sums of part cell i of (R, num_classes, part_h, part_w)
+ *        over output channels [c0, c1) of its class (0 <= c0 <= c1 <= channels_per_class())
+ *        and the cell's bins, in a fixed order. Zero for a RoI outside the batch.
+ */
+template <typename T, typename Acc>
+DCN_HD PartCellGrad<Acc> part_cell_grad_sum(const PSROIPoolGeometry& g,
+                                            const PSROIPoolBackwardArgs<T>& a, index_t i,
+                                            index_t c0, index_t c1) {
+  const index_t cells = g.part_cells();
+  const index_t cell = i % cells, r = i / cells / g.num_classes;
+  const int cls = static_cast<int>(i / cells % g.num_classes);
+  PartCellGrad<Acc> grad{Acc(0), Acc(0), Acc(0)};
+  const T* roi = a.in.rois + r * 5;
+  const index_t n = roi_image<T, Acc>(roi, g.batch);
+  if (n < 0) return grad;
+  const int S = g.sample_per_part, H = static_cast<int>(g.height), W = static_cast<int>(g.width);
+  const int cell_h = static_cast<int>(cell / g.part_w);
+  const int cell_w = static_cast<int>(cell % g.part_w);
+  const index_t class_begin = static_cast<index_t>(cls) * g.channels_per_class();
+  const Acc trans_std = static_cast<Acc>(g.trans_std);
+  const RoiWindow<Acc> window = roi_window<T, Acc>(roi, static_cast<Acc>(g.spatial_scale));
+  const T* trans_r = roi_trans(g, a.in.trans, r);
+  const T* data_n = a.in.data + n * g.channels * g.in_plane();
+  int ph0, ph1, pw0, pw1;
+  g.rows_of_part(cell_h, &ph0, &ph1);
+  g.cols_of_part(cell_w, &pw0, &pw1);
+  for (index_t ctop = class_begin + c0; ctop < class_begin + c1; ++ctop) {
+    const T* dout = a.out_grad + (r * g.output_dim + ctop) * g.bins();
+    for (int ph = ph0; ph < ph1; ++ph) {
+      for (int pw = pw0; pw < pw1; ++pw) {
+        const PoolBin<Acc> b = locate_bin<T, Acc>(g, window, trans_r, cls, ph, pw);
+        Acc sum, sum_dy, sum_dx;
+        const int count = bin_sum_and_position_grad<T, Acc>(
+            data_n + g.input_channel(ctop, ph, pw) * g.in_plane(), b, S, H, W, &sum, &sum_dy,
+            &sum_dx);
+        if (count == 0) continue;
+        const Acc d_average =
+            static_cast<Acc>(dout[ph * g.pooled_w + pw]) / static_cast<Acc>(count);
+        grad.m += d_average * sum;
+        // d position / d trans = trans_std * extent; d average / d position = sum / count.
+        const Acc d_sample = d_average * bin_modulation(g, a.in.mask, r, cls, b) * trans_std;
+        grad.x += sum_dx * d_sample * window.width;
+        grad.y += sum_dy * d_sample * window.height;
+      }
     }
+  }
+  return grad;
+}
+
+/*! \brief Writes the offset (x, y) and mask gradients, where wanted, of part cell i. */
+template <typename T, typename Acc>
+DCN_HD void store_part_cell_grads(const PSROIPoolGeometry& g, const PSROIPoolBackwardArgs<T>& a,
+                                  index_t i, const PartCellGrad<Acc>& grad) {
+  const index_t cells = g.part_cells();
+  if (a.trans_grad) {
+    // trans (R, 2*num_classes, part_h, part_w): x then y of each class.
+    T* grad_x = a.trans_grad + (i - i % cells) * 2 + i % cells;
+    grad_x[0] = static_cast<T>(grad.x);
+    grad_x[cells] = static_cast<T>(grad.y);
+  }
+  if (a.mask_grad) a.mask_grad[i] = static_cast<T>(grad.m);
 }
 
 /*!
- * \brief Writes the offset (x, y) and mask gradients, where wanted, of part cell i of
- *        (R, num_classes, part_h, part_w): sums over the class's output channels and the cell's
- *        bins in a fixed order, so the caller that runs one cell per thread needs no atomics.
- *        Zero for a RoI outside the batch.
+ * \brief Writes the offset and mask gradients of part cell i, summed over all output channels
+ *        of its class: the caller that runs one cell per thread needs no atomics.
  */
 template <typename T, typename Acc>
 DCN_HD void part_cell_grads(const PSROIPoolGeometry& g, const PSROIPoolBackwardArgs<T>& a,
                             index_t i) {
-  const index_t cells = g.part_cells();
-  const index_t cell = i % cells, r = i / cells / g.num_classes;
-  const int cls = static_cast<int>(i / cells % g.num_classes);
-  Acc gx = Acc(0), gy = Acc(0), gm = Acc(0);
-  const T* roi = a.in.rois + r * 5;
-  const index_t n = roi_image<T, Acc>(roi, g.batch);
-  if (n >= 0) {
-    const int S = g.sample_per_part, H = static_cast<int>(g.height),
-              W = static_cast<int>(g.width);
-    const int cell_h = static_cast<int>(cell / g.part_w);
-    const int cell_w = static_cast<int>(cell % g.part_w);
-    const int per_class = g.channels_per_class();
-    const Acc trans_std = static_cast<Acc>(g.trans_std);
-    const RoiWindow<Acc> window = roi_window<T, Acc>(roi, static_cast<Acc>(g.spatial_scale));
-    const T* trans_r = roi_trans(g, a.in.trans, r);
-    const T* data_n = a.in.data + n * g.channels * g.in_plane();
-    for (index_t ctop = static_cast<index_t>(cls) * per_class; ctop < (cls + 1) * per_class;
-         ++ctop) {
-      const T* dout = a.out_grad + (r * g.output_dim + ctop) * g.bins();
-      for (int ph = 0; ph < g.pooled_h; ++ph) {
-        if (g.part_row(ph) != cell_h) continue;
-        for (int pw = 0; pw < g.pooled_w; ++pw) {
-          if (g.part_col(pw) != cell_w) continue;
-          const PoolBin<Acc> b = locate_bin<T, Acc>(g, window, trans_r, cls, ph, pw);
-          Acc sum, sum_dy, sum_dx;
-          const int count = bin_sum_and_position_grad<T, Acc>(
-              data_n + g.input_channel(ctop, ph, pw) * g.in_plane(), b, S, H, W, &sum, &sum_dy,
-              &sum_dx);
-          if (count == 0) continue;
-          const Acc d_average =
-              static_cast<Acc>(dout[ph * g.pooled_w + pw]) / static_cast<Acc>(count);
-          gm += d_average * sum;
-          // d position / d trans = trans_std * extent; d average / d position = sum / count.
-          const Acc d_sample = d_average * bin_modulation(g, a.in.mask, r, cls, b) * trans_std;
-          gx += sum_dx * d_sample * window.width;
-          gy += sum_dy * d_sample * window.height;
-        }
-      }
+  store_part_cell_grads<T, Acc>(
+      g, a, i, part_cell_grad_sum<T, Acc>(g, a, i, 0, g.channels_per_class()));
+}
+
+/*! \brief Inclusive rows and columns of the map; empty when y0 > y1. */
+struct PixelBox {
+  int y0, x0, y1, x1;
+  DCN_HD static PixelBox empty() { return PixelBox{INT_MAX, INT_MAX, INT_MIN, INT_MIN}; }
+  DCN_HD bool contains(int y, int x) const { return y >= y0 && y <= y1 && x >= x0 && x <= x1; }
+  DCN_HD void extend(const PixelBox& o) {
+    y0 = o.y0 < y0 ? o.y0 : y0;
+    x0 = o.x0 < x0 ? o.x0 : x0;
+    y1 = o.y1 > y1 ? o.y1 : y1;
+    x1 = o.x1 > x1 ? o.x1 : x1;
+  }
+};
+
+/*!
+ * \brief What the gathered data gradient needs of one bin of one class of a RoI, computed once
+ *        per bin instead of once per input element that might receive from it.
+ */
+template <typename Acc>
+struct BinReach {
+  PoolBin<Acc> bin;  //!< where it samples
+  Acc modulation;    //!< its mask value (1 without)
+  int count;         //!< its used samples: 0 passes no gradient
+  PixelBox box;      //!< the pixels the corners of its used samples reach; empty if none
+};
+
+/*!
+ * \brief BinReach of item i = ((r * num_classes + cls) * Ph + ph) * Pw + pw; a RoI outside the
+ *        batch has no used samples.
+ */
+template <typename T, typename Acc>
+DCN_HD BinReach<Acc> bin_reach(const PSROIPoolGeometry& g, const PSROIPoolForwardArgs<T>& a,
+                               index_t i) {
+  const int pw = static_cast<int>(i % g.pooled_w);
+  const int ph = static_cast<int>(i / g.pooled_w % g.pooled_h);
+  const index_t r = i / g.bins() / g.num_classes;
+  const int cls = static_cast<int>(i / g.bins() % g.num_classes);
+  const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
+  BinReach<Acc> e{};
+  e.box = PixelBox::empty();
+  const T* roi = a.rois + r * 5;
+  if (roi_image<T, Acc>(roi, g.batch) < 0) return e;
+  e.bin = locate_bin<T, Acc>(g, roi_window<T, Acc>(roi, static_cast<Acc>(g.spatial_scale)),
+                             roi_trans(g, a.trans, r), cls, ph, pw);
+  e.modulation = bin_modulation(g, a.mask, r, cls, e.bin);
+  for (int ih = 0; ih < g.sample_per_part; ++ih)
+    for (int iw = 0; iw < g.sample_per_part; ++iw) {
+      const BilinearSample<Acc> s = bin_sample(e.bin, ih, iw, H, W);
+      if (!s.valid) continue;
+      ++e.count;
+      // A used sample has all four corners on the map, [0] top-left, [3] bottom-right.
+      e.box.extend(PixelBox{s.offset[0] / W, s.offset[0] % W, s.offset[3] / W, s.offset[3] % W});
     }
+  return e;
+}
+
+/*! \brief The union of the boxes of the bins of item i = r * num_classes + cls in `reach`. */
+template <typename Acc>
+DCN_HD PixelBox class_box(const PSROIPoolGeometry& g, const BinReach<Acc>* reach, index_t i) {
+  PixelBox box = PixelBox::empty();
+  for (index_t bin = 0; bin < g.bins(); ++bin) box.extend(reach[i * g.bins() + bin].box);
+  return box;
+}
+
+/*!
+ * \brief The data gradient of element i of (N, C, H, W): every contribution to it, gathered in
+ *        channel_data_grad's order (RoI, bin, sample, corner) and computed as scatter_bin_grad
+ *        computes it, so the result is the same whatever the thread timing. `reach` holds
+ *        bin_reach of every (RoI, class, bin), `boxes` class_box of every (RoI, class): the RoIs
+ *        and bins that cannot reach the element are skipped.
+ */
+template <typename T, typename Acc>
+DCN_HD Acc pixel_data_grad(const PSROIPoolGeometry& g, const PSROIPoolBackwardArgs<T>& a,
+                           const BinReach<Acc>* reach, const PixelBox* boxes, index_t i) {
+  const int S = g.sample_per_part, H = static_cast<int>(g.height), W = static_cast<int>(g.width);
+  const index_t HW = g.in_plane();
+  const int pixel = static_cast<int>(i % HW);
+  const index_t c = i / HW % g.channels, n = i / HW / g.channels;
+  const int y = pixel / W, x = pixel % W;
+  const index_t ctop = c / (static_cast<index_t>(g.group_h) * g.group_w);
+  const int cls = static_cast<int>(ctop / g.channels_per_class());
+  int ph0, ph1, pw0, pw1;
+  g.rows_of_group(static_cast<int>(c / g.group_w % g.group_h), &ph0, &ph1);
+  g.cols_of_group(static_cast<int>(c % g.group_w), &pw0, &pw1);
+  Acc sum = Acc(0);
+  for (index_t r = 0; r < g.rois; ++r) {
+    const index_t item = r * g.num_classes + cls;
+    if (!boxes[item].contains(y, x) || roi_image<T, Acc>(a.in.rois + r * 5, g.batch) != n)
+      continue;
+    for (int ph = ph0; ph < ph1; ++ph)
+      for (int pw = pw0; pw < pw1; ++pw) {
+        const BinReach<Acc>& e = reach[item * g.bins() + ph * g.pooled_w + pw];
+        if (!e.box.contains(y, x)) continue;
+        const index_t out = (r * g.output_dim + ctop) * g.bins() + ph * g.pooled_w + pw;
+        const Acc grad =
+            static_cast<Acc>(a.out_grad[out]) * e.modulation / static_cast<Acc>(e.count);
+        for (int ih = 0; ih < S; ++ih)
+          for (int iw = 0; iw < S; ++iw) {
+            const BilinearSample<Acc> s = bin_sample(e.bin, ih, iw, H, W);
+DCN_UNROLL
+            for (int q = 0; q < 4; ++q)
+              if (((s.valid >> q) & 1u) && s.offset[q] == pixel) sum += s.weight[q] * grad;
+          }
+      }
   }
-  if (a.trans_grad) {
-    T* grad_x = a.trans_grad + (r * g.num_classes + cls) * 2 * cells + cell;
-    grad_x[0] = static_cast<T>(gx);
-    grad_x[cells] = static_cast<T>(gy);
-  }
-  if (a.mask_grad) a.mask_grad[i] = static_cast<T>(gm);
+  return sum;
 }
 
 /*!

@@ -26,7 +26,7 @@ struct PSROIPoolOp {
   using Geometry = PSROIPoolGeometry;
   static constexpr const char* kName = PSROIPoolParam::kOpName;
 
-  /*! \brief The scratch a call needs: none on the CPU, a float32 accumulator on the GPU. */
+  /*! \brief The scratch a CPU call needs: none. (A GPU call's plan is a PsroiGpuPlan.) */
   struct Plan {
     size_t scratch_bytes;
   };
@@ -84,20 +84,24 @@ struct PSROIPoolOp {
 
 #if DCNV2_MX_WITH_CUDA
   template <typename T>
-  static Plan plan(Gpu, const Geometry& g, const OpCall& call, const CallHost&, size_t,
-                   size_t) {
-    const bool data_grad = call.backward && call.outputs.at(0).data != nullptr;
-    return Plan{call.backward ? psroi_pool_backward_gpu_scratch_bytes<T>(g, data_grad) : 0};
+  static PsroiGpuPlan plan(Gpu, const Geometry& g, const OpCall& call, const CallHost& host,
+                           size_t budget_bytes, size_t) {
+    if (!call.backward) return PsroiGpuPlan{0, 0, 0};
+    // Gradients in the order of the inputs: data, rois, [trans], [mask].
+    bool part_grads = false;
+    for (size_t i = 2; i < call.outputs.size(); ++i) part_grads |= call.outputs[i].data != nullptr;
+    return plan_psroi_pool_backward_gpu<T>(g, call.outputs.at(0).data != nullptr, part_grads,
+                                           data_grad_mode(host), budget_bytes);
   }
   template <typename T>
-  static void forward(Gpu, const Geometry& g, const PSROIPoolForwardArgs<T>& a, const Plan&,
-                      Scratch, const CallHost& host) {
+  static void forward(Gpu, const Geometry& g, const PSROIPoolForwardArgs<T>& a,
+                      const PsroiGpuPlan&, Scratch, const CallHost& host) {
     psroi_pool_forward_gpu<T>(g, a, static_cast<cudaStream_t>(host.stream));
   }
   template <typename T>
-  static void backward(Gpu, const Geometry& g, const PSROIPoolBackwardArgs<T>& a, const Plan&,
-                       Scratch scratch, const CallHost& host) {
-    psroi_pool_backward_gpu<T>(g, a, data_grad_mode(host), scratch.ptr,
+  static void backward(Gpu, const Geometry& g, const PSROIPoolBackwardArgs<T>& a,
+                       const PsroiGpuPlan& plan, Scratch scratch, const CallHost& host) {
+    psroi_pool_backward_gpu<T>(g, a, data_grad_mode(host), plan, scratch,
                                static_cast<cudaStream_t>(host.stream));
   }
 #endif

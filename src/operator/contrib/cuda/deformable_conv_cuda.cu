@@ -15,10 +15,11 @@
  *  - backward: dout_fm (F, cols) is packed from the output gradient;
  *    bias_grad (+)= dout_fm x 1 and weight_grad (+)= dout_fm x col^T; col is then
  *    overwritten by the column gradient W^T x dout_fm; the offset and mask gradients sum it
- *    over the channels of a deformable group, one thread per output element (no atomics); the
- *    data gradient is summed either with atomics or, deterministically, by sorting the tile's
- *    (sample corner -> input pixel) contributions with a stable radix sort so that every input
- *    element adds its own in a fixed order.
+ *    over the channels of a deformable group, one thread per output element or, where that is
+ *    too few threads, per element and chunk of channels, the chunks then added in order (no
+ *    atomics either way); the data gradient is summed either with atomics or,
+ *    deterministically, by sorting the tile's (sample corner -> input pixel) contributions with
+ *    a stable radix sort so that every input element adds its own in a fixed order.
  * The im2col and atomic scatter kernels give each thread a few channels of one sample, so the
  * sample is computed once for them. float16 is sampled, interpolated and accumulated in
  * float32, including the weight, bias and data gradients across tiles (float32 scratch).
@@ -53,6 +54,29 @@ constexpr index_t kChannelsPerThread = 8;
 
 /*! \brief Corners per bilinear sample: entries per sample of the deterministic data gradient. */
 constexpr index_t kCorners = 4;
+
+/*!
+ * \brief Threads the offset and mask gradient of a tile aims at. One per sample is too few
+ *        where images are small and channels many (res_c5, 25x34 pixels of 512 channels: 7650
+ *        threads of 512 channels each), so the channels are split into chunks whose partial
+ *        sums a second pass adds in order.
+ */
+constexpr index_t kOffsetGradThreads = index_t(1) << 18;
+
+/*!
+ * \brief Chunks of a deformable group's channels for the offset and mask gradient of a tile of
+ *        `cols` columns: up to kOffsetGradThreads threads, each of at least kChannelsPerThread
+ *        channels, their partial sums (3 per chunk and sample) within `capacity` elements.
+ */
+inline index_t offset_grad_chunks(const DeformConvGeometry& g, index_t cols, size_t capacity) {
+  const index_t samples = g.deformable_groups * g.taps() * cols, cpd = g.channels_per_dgroup();
+  index_t chunks = std::min((cpd + kChannelsPerThread - 1) / kChannelsPerThread,
+                            (kOffsetGradThreads + samples - 1) / samples);
+  chunks = std::min<index_t>(chunks, static_cast<index_t>(capacity / (3 * samples)));
+  if (chunks <= 1) return 1;
+  const index_t width = (cpd + chunks - 1) / chunks;
+  return (cpd + width - 1) / width;  // no empty chunk
+}
 
 /*! \brief Pixels [p0, p0 + np) of each of images [n0, n1); tile column j is image n0 + j / np. */
 struct GpuTile {
@@ -169,6 +193,54 @@ __global__ void unpack_columns_kernel(index_t count, DeformConvGeometry g, GpuTi
   });
 }
 
+/*! \brief Sums over channels of the column gradient times the sample's slopes and value. */
+template <typename Acc>
+struct OffsetMaskSums {
+  Acc y, x, m;
+};
+
+/*!
+ * \brief The offset (y, x) and mask gradient sums of sample `it` over channels [c0, c1) of its
+ *        deformable group, before the modulation (*m) of the offset gradient.
+ */
+template <typename T, typename Acc>
+__device__ __forceinline__ OffsetMaskSums<Acc> offset_mask_sums(
+    const DeformConvGeometry& g, const T* data, const T* offset, const T* mask,
+    const GpuTile& tile, const T* col_grad, const SampleItem& it, index_t c0, index_t c1,
+    Acc* m) {
+  const index_t cols = tile.pixels(), K = g.taps(), HW = g.in_plane();
+  const BilinearSample<Acc> s = column_sample<T, Acc>(g, offset, mask, tile, it, m);
+  OffsetMaskSums<Acc> sums{Acc(0), Acc(0), Acc(0)};
+  if (!s.valid) return sums;
+  const T* image = data + tile.image(it.j) * g.channels * HW;
+  for (index_t c = c0; c < c1; ++c) {
+    const Acc d = static_cast<Acc>(col_grad[(c * K + it.k) * cols + it.j]);
+    Acc v, dv_dy, dv_dx;
+    value_and_position_grad<T, Acc>(image + c * HW, s, &v, &dv_dy, &dv_dx);
+    sums.y += d * dv_dy;
+    sums.x += d * dv_dx;
+    sums.m += d * v;
+  }
+  return sums;
+}
+
+/*! \brief Writes the offset and mask gradients, where wanted, of sample `it` from its sums. */
+template <typename T, typename Acc>
+__device__ __forceinline__ void store_offset_mask_grads(const DeformConvGeometry& g,
+                                                        const GpuTile& tile, const SampleItem& it,
+                                                        const OffsetMaskSums<Acc>& sums, Acc m,
+                                                        T* offset_grad, T* mask_grad) {
+  const index_t n = tile.image(it.j), pix = tile.pixel(it.j), P = g.out_plane();
+  const index_t K = g.taps();
+  if (offset_grad) {
+    T* grad_y = offset_grad + (n * g.offset_channels() + (it.dgroup * K + it.k) * 2) * P + pix;
+    grad_y[0] = static_cast<T>(sums.y * m);
+    grad_y[P] = static_cast<T>(sums.x * m);
+  }
+  if (mask_grad)
+    mask_grad[(n * g.mask_channels() + it.dgroup * K + it.k) * P + pix] = static_cast<T>(sums.m);
+}
+
 /*!
  * \brief Offset and mask gradients of the tile: one thread per (deformable group, tap, column)
  *        sums over the group's channels, so every element is written once, without atomics.
@@ -177,32 +249,57 @@ template <typename T, typename Acc>
 __global__ void offset_mask_grad_kernel(index_t count, DeformConvGeometry g, const T* data,
                                         const T* offset, const T* mask, GpuTile tile,
                                         const T* col_grad, T* offset_grad, T* mask_grad) {
-  const index_t cols = tile.pixels(), K = g.taps(), HW = g.in_plane(), P = g.out_plane();
   const index_t cpd = g.channels_per_dgroup();
   grid_stride(count, [&](index_t i) {
-    const SampleItem it = sample_item(g, cols, i);
-    const index_t n = tile.image(it.j), pix = tile.pixel(it.j);
+    const SampleItem it = sample_item(g, tile.pixels(), i);
     Acc m;
-    const BilinearSample<Acc> s = column_sample<T, Acc>(g, offset, mask, tile, it, &m);
-    Acc sum_y = Acc(0), sum_x = Acc(0), sum_m = Acc(0);
-    if (s.valid) {
-      const T* image = data + n * g.channels * HW;
-      for (index_t c = it.dgroup * cpd; c < (it.dgroup + 1) * cpd; ++c) {
-        const Acc d = static_cast<Acc>(col_grad[(c * K + it.k) * cols + it.j]);
-        Acc v, dv_dy, dv_dx;
-        value_and_position_grad<T, Acc>(image + c * HW, s, &v, &dv_dy, &dv_dx);
-        sum_y += d * dv_dy;
-        sum_x += d * dv_dx;
-        sum_m += d * v;
-      }
+    const OffsetMaskSums<Acc> sums = offset_mask_sums<T, Acc>(
+        g, data, offset, mask, tile, col_grad, it, it.dgroup * cpd, (it.dgroup + 1) * cpd, &m);
+    store_offset_mask_grads<T, Acc>(g, tile, it, sums, m, offset_grad, mask_grad);
+  });
+}
+
+/*!
+ * \brief The same sums over chunks of `width` channels of the group, one thread per (chunk,
+ *        sample), the sample fastest: partial[q * count + i] holds sum q (y, x, mask) of item i.
+ */
+template <typename T, typename Acc>
+__global__ void offset_mask_chunks_kernel(index_t count, DeformConvGeometry g, const T* data,
+                                          const T* offset, const T* mask, GpuTile tile,
+                                          const T* col_grad, index_t width, Acc* partial) {
+  const index_t cpd = g.channels_per_dgroup();
+  const index_t samples = g.deformable_groups * g.taps() * tile.pixels();
+  grid_stride(count, [&](index_t i) {
+    const SampleItem it = sample_item(g, tile.pixels(), i % samples);
+    const index_t c0 = it.dgroup * cpd + i / samples * width;
+    const index_t group_end = (it.dgroup + 1) * cpd;
+    Acc m;
+    const OffsetMaskSums<Acc> sums = offset_mask_sums<T, Acc>(
+        g, data, offset, mask, tile, col_grad, it, c0,
+        c0 + width < group_end ? c0 + width : group_end, &m);
+    partial[i] = sums.y;
+    partial[count + i] = sums.x;
+    partial[2 * count + i] = sums.m;
+  });
+}
+
+/*! \brief Offset and mask gradients of each sample of the tile: its chunks' sums, in order. */
+template <typename T, typename Acc>
+__global__ void offset_mask_sum_kernel(index_t count, DeformConvGeometry g, const T* offset,
+                                       const T* mask, GpuTile tile, index_t chunks,
+                                       const Acc* partial, T* offset_grad, T* mask_grad) {
+  const index_t items = count * chunks;
+  grid_stride(count, [&](index_t i) {
+    const SampleItem it = sample_item(g, tile.pixels(), i);
+    Acc m;
+    column_sample<T, Acc>(g, offset, mask, tile, it, &m);
+    OffsetMaskSums<Acc> sums{Acc(0), Acc(0), Acc(0)};
+    for (index_t chunk = 0; chunk < chunks; ++chunk) {
+      sums.y += partial[chunk * count + i];
+      sums.x += partial[items + chunk * count + i];
+      sums.m += partial[2 * items + chunk * count + i];
     }
-    if (offset_grad) {
-      T* grad_y = offset_grad + (n * g.offset_channels() + (it.dgroup * K + it.k) * 2) * P + pix;
-      grad_y[0] = static_cast<T>(sum_y * m);
-      grad_y[P] = static_cast<T>(sum_x * m);
-    }
-    if (mask_grad)
-      mask_grad[(n * g.mask_channels() + it.dgroup * K + it.k) * P + pix] = static_cast<T>(sum_m);
+    store_offset_mask_grads<T, Acc>(g, tile, it, sums, m, offset_grad, mask_grad);
   });
 }
 
@@ -326,6 +423,8 @@ struct GpuBuffers {
   Acc* weight_grad = nullptr;  //!< (F, C/G*K): float32 weight gradient of float16 (backward)
   Acc* bias_grad = nullptr;    //!< (F): float32 bias gradient of float16 (backward)
   Acc* image_grad = nullptr;   //!< (images, C, H*W): float32 data gradient of float16 (backward)
+  Acc* offset_partial = nullptr;  //!< partial offset and mask gradient sums (backward)
+  size_t offset_partial_elems = 0;
   // Deterministic data gradient: double buffers of the radix sort and the entries' weights.
   uint32_t* keys[2] = {nullptr, nullptr};
   uint32_t* ids[2] = {nullptr, nullptr};
@@ -343,6 +442,14 @@ struct GpuBuffers {
     col = carver.take<T>(static_cast<size_t>(g.channels * g.taps()) * cols);
     filter_major = carver.take<T>(static_cast<size_t>(g.filters) * cols);
     if (layout.backward) ones = carver.take<T>(cols);
+    if (layout.backward) {
+      const index_t chunks = offset_grad_chunks(g, static_cast<index_t>(cols), SIZE_MAX);
+      if (chunks > 1) {
+        offset_partial_elems = 3 * static_cast<size_t>(g.deformable_groups * g.taps() * chunks) *
+                               cols;
+        offset_partial = carver.take<Acc>(offset_partial_elems);
+      }
+    }
     if (layout.backward && kAccumulatesApart<T>) {
       weight_grad = carver.take<Acc>(static_cast<size_t>(g.filters * g.col_rows_per_group()));
       bias_grad = carver.take<Acc>(static_cast<size_t>(g.filters));
@@ -550,9 +657,21 @@ void deform_conv_backward_gpu(const DeformConvGeometry& g, const DeformConvBackw
       cuda::gemm<T, T>(blas, true, false, rows_g, icols, fg, a.in.weight + grp * fg * rows_g,
                        rows_g, buf.filter_major + grp * fg * cols, icols, Acc(0),
                        buf.col + grp * rows_g * cols, icols);
-    if (a.offset_grad || a.mask_grad)
-      launch(offset_mask_grad_kernel<T, Acc>, g.deformable_groups * g.taps() * cols, stream, g,
-             a.in.data, a.in.offset, a.in.mask, tile, buf.col, a.offset_grad, a.mask_grad);
+    if (a.offset_grad || a.mask_grad) {
+      const index_t samples = g.deformable_groups * g.taps() * cols;
+      const index_t chunks = offset_grad_chunks(g, cols, buf.offset_partial_elems);
+      if (chunks == 1) {
+        launch(offset_mask_grad_kernel<T, Acc>, samples, stream, g, a.in.data, a.in.offset,
+               a.in.mask, tile, buf.col, a.offset_grad, a.mask_grad);
+      } else {
+        const index_t cpd = g.channels_per_dgroup();
+        launch(offset_mask_chunks_kernel<T, Acc>, samples * chunks, stream, g, a.in.data,
+               a.in.offset, a.in.mask, tile, buf.col, (cpd + chunks - 1) / chunks,
+               buf.offset_partial);
+        launch(offset_mask_sum_kernel<T, Acc>, samples, stream, g, a.in.offset, a.in.mask, tile,
+               chunks, buf.offset_partial, a.offset_grad, a.mask_grad);
+      }
+    }
     if (a.data_grad) data_grad_tile(g, a, mode, tile, buf, stream);
   };
   if (weight_grad || bias_grad || need_col_grad) for_each_tile(g, plan, backward_tile);

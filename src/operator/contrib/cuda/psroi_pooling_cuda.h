@@ -16,22 +16,37 @@
 
 #include <cstddef>
 
+#include "../common/scratch.h"
 #include "../psroi_pooling_kernel.h"
 #include "cuda_common.h"
 
 namespace dcnv2_mx {
 
 /*!
- * \brief Device scratch bytes of a backward call: a float32 accumulator of the data gradient
- *        for float16 when that gradient is wanted, otherwise none.
+ * \brief Output channels of a class that one thread of the offset and mask gradients sums: with
+ *        one thread per part cell and class, a 512-RoI, 7x7-cell call would have 25 000 threads,
+ *        each looping over all channels of the class.
+ */
+constexpr index_t kPartGradChunkChannels = 8;
+
+/*! \brief How a backward call splits its work, and the device scratch it needs. */
+struct PsroiGpuPlan {
+  index_t chunk_channels;  //!< output channels per partial sum of the offset and mask gradients
+  index_t chunks;          //!< partial sums per part cell: 1 writes the gradients directly
+  size_t scratch_bytes;    //!< as wanted: a float32 atomic data gradient of float16, the
+                           //!< deterministic gradient's bin table and RoI boxes, the partial
+                           //!< sums
+};
+
+/*!
+ * \brief The plan of a backward call that wants the data gradient (`data_grad`) and the offset
+ *        or mask gradients (`part_grads`) or not, its scratch within `budget_bytes` (chunks
+ *        widen to fit). Host-only: no device access.
  */
 template <typename T>
-size_t psroi_pool_backward_gpu_scratch_bytes(const PSROIPoolGeometry& g, bool data_grad) {
-  using Acc = typename AccType<T>::type;
-  return data_grad && cuda::kAccumulatesApart<T>
-             ? sizeof(Acc) * static_cast<size_t>(g.batch * g.channels * g.in_plane())
-             : 0;
-}
+PsroiGpuPlan plan_psroi_pool_backward_gpu(const PSROIPoolGeometry& g, bool data_grad,
+                                          bool part_grads, DataGradMode mode,
+                                          size_t budget_bytes);
 
 /*! \brief Forward: a.out = pooling of a's inputs; one thread per output element. */
 template <typename T>
@@ -41,14 +56,18 @@ void psroi_pool_forward_gpu(const PSROIPoolGeometry& g, const PSROIPoolForwardAr
 /*!
  * \brief Backward: writes each gradient of `a` whose pointer is not null (overwriting it; the
  *        RoI gradient is zero). Data gradient in DataGradMode::kAtomic: one thread per output
- *        element scatters with atomics; in kDeterministic: one thread per input channel sums
- *        every contribution to its planes in a fixed order. Offset and mask gradients: one
- *        thread per (RoI, class, part cell), no atomics. `scratch` holds at least
- *        psroi_pool_backward_gpu_scratch_bytes<T>(g, a.data_grad != nullptr) bytes.
+ *        element scatters with atomics; in kDeterministic: one thread per input element gathers
+ *        every contribution in a fixed order from a table of the bins (where each samples and
+ *        which pixels it reaches), skipping the RoIs and bins that cannot reach it.
+ *        Offset and mask gradients: one thread per (RoI, class, part cell, chunk of the class's
+ *        channels), then the chunks summed in order; no atomics. `plan` is
+ *        plan_psroi_pool_backward_gpu's for the same gradients and mode, `scratch` holds its
+ *        scratch_bytes.
  */
 template <typename T>
 void psroi_pool_backward_gpu(const PSROIPoolGeometry& g, const PSROIPoolBackwardArgs<T>& a,
-                             DataGradMode mode, void* scratch, cudaStream_t stream);
+                             DataGradMode mode, const PsroiGpuPlan& plan, Scratch scratch,
+                             cudaStream_t stream);
 
 }  // namespace dcnv2_mx
 

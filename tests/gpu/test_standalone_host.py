@@ -5,6 +5,8 @@ parameter checks. Those run on the harness built with nvcc and cuBLAS (skipped, 
 reason, without them) and on the one built against the CUDA emulation."""
 import ctypes
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -99,6 +101,30 @@ def test_budgets_force_each_tiling(harness, tiling):
     pixels = problem_spec.out_shape[2] * problem_spec.out_shape[3]
     assert standalone.has_tiling(tiling, plan, pixels, problem_spec.shape[0])
     assert plan[2] <= budget
+
+
+def plan_in_subprocess(harness, problem_spec, dtype, backward, budget=0):
+    """harness.plan(...) in a fresh process, so that a crash of the planner fails the test:
+    (tile, images, scratch)."""
+    code = (f"import standalone\n"
+            f"harness = standalone.Harness({harness.path!r})\n"
+            f"call = standalone.ConvSpec(*{tuple(problem_spec)!r})\n"
+            f"print(*harness.plan(call, {dtype!r}, {backward}, False, {budget}))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [standalone.HERE, standalone.TESTS, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    return tuple(int(v) for v in proc.stdout.split())
+
+
+@pytest.mark.parametrize("num_filter", [1, 8])
+def test_backward_plans_whole_images_when_partial_sums_outweigh_columns(harness, num_filter):
+    """float16, 9 channels: the offset gradient's partial sums (4-byte, 2 chunks per sample)
+    once outweighed the columns a second image adds, so the scratch shrank from one image to
+    two and the planner divided by zero (or took one image): it must take all four."""
+    problem_spec = spec(batch=4, channels=9, height=114, width=128, num_filter=num_filter)
+    assert plan_in_subprocess(harness, problem_spec, "float16", False)[:2] == (114 * 128, 4)
+    assert plan_in_subprocess(harness, problem_spec, "float16", True)[:2] == (114 * 128, 4)
 
 
 def test_plan_errors_name_the_parameter(harness):

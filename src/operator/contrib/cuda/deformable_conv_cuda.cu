@@ -65,8 +65,9 @@ constexpr index_t kOffsetGradThreads = index_t(1) << 18;
 
 /*!
  * \brief Chunks of a deformable group's channels for the offset and mask gradient of a tile of
- *        `cols` columns: up to kOffsetGradThreads threads, each of at least kChannelsPerThread
- *        channels, their partial sums (3 per chunk and sample) within `capacity` elements.
+ *        `cols` columns: about kOffsetGradThreads threads in all (fewer than twice as many), at
+ *        most one chunk per kChannelsPerThread channels, and their partial sums (3 per chunk and
+ *        sample) within `capacity` elements.
  */
 inline index_t offset_grad_chunks(const DeformConvGeometry& g, index_t cols, size_t capacity) {
   const index_t samples = g.deformable_groups * g.taps() * cols, cpd = g.channels_per_dgroup();
@@ -76,6 +77,18 @@ inline index_t offset_grad_chunks(const DeformConvGeometry& g, index_t cols, siz
   if (chunks <= 1) return 1;
   const index_t width = (cpd + chunks - 1) / chunks;
   return (cpd + width - 1) / width;  // no empty chunk
+}
+
+/*!
+ * \brief Elements of the partial sums that offset_grad_chunks may ask for on a tile of `cols`
+ *        columns (samples * chunks < 2 * kOffsetGradThreads), 0 where a group's channels never
+ *        split. Never smaller for more columns, so that the planner's scratch grows with the
+ *        tile.
+ */
+inline size_t offset_partial_capacity(const DeformConvGeometry& g, index_t cols) {
+  const index_t samples = g.deformable_groups * g.taps() * cols;
+  const index_t most = (g.channels_per_dgroup() + kChannelsPerThread - 1) / kChannelsPerThread;
+  return most <= 1 ? 0 : 3 * static_cast<size_t>(std::min(samples * most, 2 * kOffsetGradThreads));
 }
 
 /*! \brief Pixels [p0, p0 + np) of each of images [n0, n1); tile column j is image n0 + j / np. */
@@ -443,12 +456,8 @@ struct GpuBuffers {
     filter_major = carver.take<T>(static_cast<size_t>(g.filters) * cols);
     if (layout.backward) ones = carver.take<T>(cols);
     if (layout.backward) {
-      const index_t chunks = offset_grad_chunks(g, static_cast<index_t>(cols), SIZE_MAX);
-      if (chunks > 1) {
-        offset_partial_elems = 3 * static_cast<size_t>(g.deformable_groups * g.taps() * chunks) *
-                               cols;
-        offset_partial = carver.take<Acc>(offset_partial_elems);
-      }
+      offset_partial_elems = offset_partial_capacity(g, static_cast<index_t>(cols));
+      if (offset_partial_elems) offset_partial = carver.take<Acc>(offset_partial_elems);
     }
     if (layout.backward && kAccumulatesApart<T>) {
       weight_grad = carver.take<Acc>(static_cast<size_t>(g.filters * g.col_rows_per_group()));
@@ -563,7 +572,9 @@ GpuTilePlan plan_deform_conv_gpu(const DeformConvGeometry& g, bool backward, Dat
     return scratch_bytes<T>(g, layout, tile, images);
   };
   const index_t P = g.out_plane();
-  // The largest pixel tile of one image, up to the target, whose scratch fits.
+  // The largest pixel tile of one image, up to the target, whose scratch fits. Every
+  // sub-buffer is sized by a count that never shrinks as a tile grows in pixels or images
+  // (offset_partial_capacity is written so), hence the binary searches.
   if (bytes(1, 1) > budget) throw_workspace_too_small(budget_bytes, bytes(1, 1));
   index_t lo = 1, hi = std::min(P, target_pixels<T>(g, sorted));
   while (lo < hi) {
@@ -575,18 +586,21 @@ GpuTilePlan plan_deform_conv_gpu(const DeformConvGeometry& g, bool backward, Dat
   }
   GpuTilePlan plan{lo, 1, 0};
   if (plan.tile == P && g.batch > 1) {
-    // Whole images: as many per tile as the target and the budget allow; the scratch grows
-    // linearly with the images of a tile.
-    const size_t one = bytes(P, 1);
-    const size_t per_image = bytes(P, 2) - one;
-    index_t images = max_tile_columns<T>(g, sorted) / P;
-    images = std::min<index_t>(images, 1 + (budget - one) / per_image);
-    // 32-bit sort keys: images * dg * H*W + 1 distinct values.
+    // Whole images: as many per tile as the target, the sort keys (32 bits: images * dg * H*W
+    // + 1 distinct values) and the budget allow.
+    index_t hi_images = max_tile_columns<T>(g, sorted) / P;
     if (sorted)
-      images = std::min<index_t>(images, static_cast<index_t>((UINT32_MAX - 1) / planes));
-    // The sub-buffers' alignment makes the growth per image vary by a few bytes.
-    while (images > 1 && bytes(P, images) > budget) --images;
-    plan.images = std::max<index_t>(images, 1);
+      hi_images = std::min<index_t>(hi_images, static_cast<index_t>((UINT32_MAX - 1) / planes));
+    index_t lo_images = 1;
+    hi_images = std::max<index_t>(hi_images, 1);
+    while (lo_images < hi_images) {
+      const index_t images = (lo_images + hi_images + 1) / 2;
+      if (bytes(P, images) <= budget)
+        lo_images = images;
+      else
+        hi_images = images - 1;
+    }
+    plan.images = lo_images;
   }
   plan.scratch_bytes = bytes(plan.tile, plan.images);
   return plan;

@@ -354,8 +354,8 @@ class ModulatedDeformableRoIPooling(HybridBlock):
     `hidden_units` with ReLU and a zero-initialised one with ``3*part_h*part_w`` outputs
     predict, per part cell, an offset (x then y, as fractions of the RoI size, scaled by
     `trans_std`) and a mask logit; ``mx.sym.contrib.ModulatedDeformablePSROIPooling`` then
-    pools the RoI again with the bins shifted and weighted by them. At initialisation the offsets are 0 and the mask is
-    ``mask_activation(0)``.
+    pools the RoI again with the bins shifted and weighted by them. At initialisation the
+    offsets are 0 and the mask is ``mask_activation(0)``.
 
     Parameters
     ----------

@@ -188,7 +188,8 @@ def nvcc_command(output, arch, include, library):
     """The nvcc command line that builds the harness for compute capability `arch` ("90")."""
     return ["nvcc", "-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC",
             f"-gencode=arch=compute_{arch},code=[sm_{arch},compute_{arch}]",
-            "-DDCNV2_MX_WITH_CUDA=1", "-I", CONTRIB, "-I", include, *SOURCES, "-L", os.path.dirname(library),
+            "-DDCNV2_MX_WITH_CUDA=1", "-I", CONTRIB, "-I", include, *SOURCES,
+            "-L", os.path.dirname(library),
             f"-l:{os.path.basename(library)}", "-Xlinker", f"-rpath,{os.path.dirname(library)}",
             "-o", output]
 
@@ -742,8 +743,8 @@ class PSROIInputs:
     Attributes: `params` (the operator's keyword parameters, no_trans and no_mask included),
     `spec` (PSROISpec), `roi_kinds` (the kind, ROI_KINDS, of each RoI) and `arrays` (in input
     order: data (N, output_dim*Gh*Gw, H, W), rois (R, 5), [trans (R, 2*K, part_h, part_w)],
-    [mask (R, K, part_h, part_w)]). Sizes are an int or an (h, w) pair. There are `num_rois` random RoIs, then one of each kind in
-    `special`; their batch indices cover the batch, or are all 0 with `same_image`. A RoI is
+    [mask (R, K, part_h, part_w)]). Sizes are an int or an (h, w) pair. There are `num_rois`
+    random RoIs, then one of each kind in `special`; their batch indices cover the batch, or are all 0 with `same_image`. A RoI is
     drawn again until its samples keep clear (samples_keep_clear) in the rounded values.
     """
 
@@ -1249,9 +1250,9 @@ class ConvBench:
                     F.conv2d(*leaves, stride=stride, padding=1), leaves, self.dout)}
 
     def torchvision(self):
-        """{label: callable} of torchvision.ops.deform_conv2d with our inputs, after checking
-        that its output and gradients equal ours; {} without torchvision. Returns also the
-        largest relative difference from ours."""
+        """({label: callable}, {name: difference}) of torchvision.ops.deform_conv2d with our
+        inputs: its forward and forward+backward, and how far its output and each gradient lie
+        from ours (relative_error); ({}, None) without torchvision."""
         try:
             import torchvision
         except ImportError:

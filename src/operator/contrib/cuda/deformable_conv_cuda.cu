@@ -88,7 +88,8 @@ inline index_t offset_grad_chunks(const DeformConvGeometry& g, index_t cols, siz
 inline size_t offset_partial_capacity(const DeformConvGeometry& g, index_t cols) {
   const index_t samples = g.deformable_groups * g.taps() * cols;
   const index_t most = (g.channels_per_dgroup() + kChannelsPerThread - 1) / kChannelsPerThread;
-  return most <= 1 ? 0 : 3 * static_cast<size_t>(std::min(samples * most, 2 * kOffsetGradThreads));
+  return most <= 1 ? 0
+                   : 3 * static_cast<size_t>(std::min(samples * most, 2 * kOffsetGradThreads));
 }
 
 /*! \brief Pixels [p0, p0 + np) of each of images [n0, n1); tile column j is image n0 + j / np. */
@@ -572,35 +573,31 @@ GpuTilePlan plan_deform_conv_gpu(const DeformConvGeometry& g, bool backward, Dat
     return scratch_bytes<T>(g, layout, tile, images);
   };
   const index_t P = g.out_plane();
-  // The largest pixel tile of one image, up to the target, whose scratch fits. Every
-  // sub-buffer is sized by a count that never shrinks as a tile grows in pixels or images
-  // (offset_partial_capacity is written so), hence the binary searches.
+  // Every sub-buffer is sized by a count that never shrinks as a tile grows in pixels or
+  // images (offset_partial_capacity is written so): the largest n in [1, most] whose scratch
+  // fits is found by bisection (1 fits).
+  auto largest_fitting = [&](index_t most, auto scratch_of) {
+    index_t lo = 1, hi = std::max<index_t>(most, 1);
+    while (lo < hi) {
+      const index_t mid = (lo + hi + 1) / 2;
+      if (scratch_of(mid) <= budget)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    return lo;
+  };
+  // The largest pixel tile of one image, up to the target, whose scratch fits.
   if (bytes(1, 1) > budget) throw_workspace_too_small(budget_bytes, bytes(1, 1));
-  index_t lo = 1, hi = std::min(P, target_pixels<T>(g, sorted));
-  while (lo < hi) {
-    const index_t tile = (lo + hi + 1) / 2;
-    if (bytes(tile, 1) <= budget)
-      lo = tile;
-    else
-      hi = tile - 1;
-  }
-  GpuTilePlan plan{lo, 1, 0};
+  GpuTilePlan plan{largest_fitting(std::min(P, target_pixels<T>(g, sorted)),
+                                   [&](index_t tile) { return bytes(tile, 1); }),
+                   1, 0};
   if (plan.tile == P && g.batch > 1) {
     // Whole images: as many per tile as the target, the sort keys (32 bits: images * dg * H*W
     // + 1 distinct values) and the budget allow.
-    index_t hi_images = max_tile_columns<T>(g, sorted) / P;
-    if (sorted)
-      hi_images = std::min<index_t>(hi_images, static_cast<index_t>((UINT32_MAX - 1) / planes));
-    index_t lo_images = 1;
-    hi_images = std::max<index_t>(hi_images, 1);
-    while (lo_images < hi_images) {
-      const index_t images = (lo_images + hi_images + 1) / 2;
-      if (bytes(P, images) <= budget)
-        lo_images = images;
-      else
-        hi_images = images - 1;
-    }
-    plan.images = lo_images;
+    index_t most = max_tile_columns<T>(g, sorted) / P;
+    if (sorted) most = std::min<index_t>(most, static_cast<index_t>((UINT32_MAX - 1) / planes));
+    plan.images = largest_fitting(most, [&](index_t images) { return bytes(P, images); });
   }
   plan.scratch_bytes = bytes(plan.tile, plan.images);
   return plan;

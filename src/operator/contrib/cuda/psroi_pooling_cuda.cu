@@ -118,7 +118,7 @@ __global__ void part_grad_sum_kernel(index_t count, PSROIPoolGeometry g,
 template <typename T>
 struct PsroiBuffers {
   using Acc = typename AccType<T>::type;
-  Acc* data_grad = nullptr;   //!< (N, C, H, W) float32 accumulator: atomic float16
+  Acc* accumulator = nullptr;  //!< (N, C, H, W) float32 data gradient: atomic float16
   BinReach<Acc>* reach = nullptr;  //!< (R, num_classes, Ph, Pw): deterministic
   PixelBox* boxes = nullptr;  //!< (R, num_classes): deterministic
   Acc* partial = nullptr;     //!< (3, R, num_classes, chunks, part cells): chunked part grads
@@ -127,12 +127,12 @@ struct PsroiBuffers {
   PsroiBuffers(const PSROIPoolGeometry& g, const PsroiGpuPlan& plan, bool data_grad,
                bool part_grads, DataGradMode mode, Scratch scratch) {
     ScratchCarver carver(scratch);
-    const bool accumulator =
+    const bool accumulates =
         data_grad && mode == DataGradMode::kAtomic && cuda::kAccumulatesApart<T>;
     const bool gathered = data_grad && mode == DataGradMode::kDeterministic;
     const bool chunked = part_grads && plan.chunks > 1;
-    if (accumulator)
-      this->data_grad = carver.take<Acc>(static_cast<size_t>(g.batch * g.channels * g.in_plane()));
+    if (accumulates)
+      accumulator = carver.take<Acc>(static_cast<size_t>(g.batch * g.channels * g.in_plane()));
     if (gathered) {
       reach = carver.take<BinReach<Acc>>(static_cast<size_t>(g.rois * g.num_classes * g.bins()));
       boxes = carver.take<PixelBox>(static_cast<size_t>(g.rois * g.num_classes));
@@ -140,7 +140,7 @@ struct PsroiBuffers {
     if (chunked)
       partial = carver.take<Acc>(static_cast<size_t>(3 * g.rois * g.num_classes * plan.chunks *
                                                       g.part_cells()));
-    bytes = accumulator || gathered || chunked ? carver.bytes_needed() : 0;
+    bytes = accumulates || gathered || chunked ? carver.bytes_needed() : 0;
   }
 };
 
@@ -190,7 +190,7 @@ void psroi_pool_backward_gpu(const PSROIPoolGeometry& g, const PSROIPoolBackward
   if (a.data_grad) {
     const index_t elements = g.batch * g.channels * g.in_plane();
     if (mode == DataGradMode::kAtomic) {
-      Acc* grad = cuda::accumulator(a.data_grad, buf.data_grad);
+      Acc* grad = cuda::accumulator(a.data_grad, buf.accumulator);
       cuda::check(cudaMemsetAsync(grad, 0, sizeof(Acc) * elements, stream), "cudaMemsetAsync");
       launch(data_grad_atomic_kernel<T, Acc>, g.rois * g.output_dim * g.bins(), stream, g, a,
              grad);

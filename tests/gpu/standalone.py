@@ -876,10 +876,13 @@ def assert_close(name, actual, expected, dtype):
     allowed = rtol * np.abs(expected) + atol * scale
     bad = ~(error <= allowed)
     if bad.any():
-        worst = np.unravel_index(np.argmax(np.where(bad, error, -1)), error.shape)
+        # Plain ints and floats: NumPy 2 would print np.int64(1) and np.float64(0.5).
+        worst = tuple(int(i) for i in np.unravel_index(np.argmax(np.where(bad, error, -1)),
+                                                       error.shape))
         raise AssertionError(
             f"{name} ({dtype}): {int(bad.sum())} of {error.size} elements differ; worst at "
-            f"{worst}: {actual[worst]!r} vs {expected[worst]!r} (scale {scale:.3g})")
+            f"{worst}: {float(actual[worst])!r} vs {float(expected[worst])!r} "
+            f"(scale {scale:.3g})")
 
 
 def as_dtype(problem, dtype):

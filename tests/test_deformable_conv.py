@@ -41,6 +41,19 @@ def test_forward_matches_reference(make_problem, case, dtype, rtol, atol):
     np.testing.assert_allclose(out, problem.reference(), rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("dtype, rtol, atol", [("float64", 1e-12, 1e-12), ("float32", 1e-5, 1e-5)])
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (1, 1)])
+def test_forward_weight_layout_with_many_filters_and_taps(make_problem, kernel, dtype, rtol,
+                                                          atol):
+    """The forward lays its weight out tap-major with filters last, 8 filters by 8 taps in
+    registers: 10 filters per group (a block of 8 and 2 more) and 9 or 25 taps (blocks of 8 and
+    the rest), two groups, against the reference."""
+    problem = make_problem(batch=2, channels=18, height=7, width=6, num_filter=20, kernel=kernel,
+                           pad=(kernel[0] // 2, kernel[1] // 2), num_group=2,
+                           num_deformable_group=3)
+    np.testing.assert_allclose(problem.run_nd(dtype), problem.reference(), rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("dtype, rtol, atol", [("float64", 1e-11, 1e-12), ("float32", 1e-4, 1e-4)])
 @pytest.mark.parametrize("case", cases())
 def test_backward_matches_reference(make_problem, rng, case, dtype, rtol, atol):

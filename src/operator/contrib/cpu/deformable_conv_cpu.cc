@@ -293,15 +293,19 @@ template <typename T>
 void team_weight_by_tap(const DeformConvGeometry& g, const T* weight, T* dst) {
   const index_t K = g.taps(), cg = g.channels_per_group(), fg = g.filters_per_group();
   const index_t src_ld = cg * K, dst_ld = cg * fg;  // from filter to filter; from tap to tap
-  constexpr index_t kStrip = 16;  // channels per task: 8 filters' rows of them stay in L1
+  // Tasks of a few channels, each channel's destination rows (one per tap) written from filter
+  // 0 to the last: with 512 filters and channels this took 0.7-0.75 the time of 16 channels at
+  // a time for each block of 8 filters, which writes 32 bytes into each of 144 rows spread over
+  // 9 MiB before moving on.
+  constexpr index_t kStrip = 4;
   const index_t strips = (cg + kStrip - 1) / kStrip;
 #pragma omp for schedule(static) nowait
   for (index_t task = 0; task < g.groups * strips; ++task) {
     const index_t grp = task / strips, c0 = (task - grp * strips) * kStrip;
     const index_t c1 = std::min(cg, c0 + kStrip);
-    for (index_t f0 = 0; f0 < fg; f0 += 8) {
-      const index_t filters = std::min<index_t>(8, fg - f0);
-      for (index_t c = c0; c < c1; ++c) {
+    for (index_t c = c0; c < c1; ++c)
+      for (index_t f0 = 0; f0 < fg; f0 += 8) {
+        const index_t filters = std::min<index_t>(8, fg - f0);
         // (filters, K) at src, rows src_ld apart, into (K, filters) at out, rows dst_ld apart.
         const T* src = weight + ((grp * fg + f0) * cg + c) * K;
         T* out = dst + grp * K * cg * fg + c * fg + f0;
@@ -314,7 +318,6 @@ void team_weight_by_tap(const DeformConvGeometry& g, const T* weight, T* dst) {
 #endif
         transpose_block<false>(src, src_ld, out, dst_ld, 0, filters, k, K);
       }
-    }
   }
 }
 

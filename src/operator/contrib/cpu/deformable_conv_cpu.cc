@@ -15,9 +15,10 @@
  *
  * Layout: images are copied pixel-major (HW, C), so the four bilinear corners of a sample are
  * four contiguous channel vectors and every sampling loop vectorises over channels. The column
- * tile is pixel-major as well, colT (pixels, G, K, C/G), with the weight permuted to
- * (G, F/G, K, C/G) to match; the forward GEMM produces a pixel-major (pixels, F) tile (the
- * fastest GEMM shape here), transposed into the output while it is in cache.
+ * tile is pixel-major as well, colT (pixels, G, K, C/G). The forward multiplies it by the weight
+ * laid out (G, K, C/G, F/G), which the GEMM reads untransposed (its fastest form here), into a
+ * pixel-major (pixels, F) tile, transposed into the output while it is in cache; backward uses
+ * the weight permuted to (G, F/G, K, C/G), the right-hand side of its column-gradient GEMM.
  *
  * Large images: when the block copies (and in backward each thread's image gradient) do not
  * fit `workspace`, the call runs "direct" (CpuTilePlan::image_copies false): the sampling loops

@@ -744,8 +744,9 @@ class PSROIInputs:
     `spec` (PSROISpec), `roi_kinds` (the kind, ROI_KINDS, of each RoI) and `arrays` (in input
     order: data (N, output_dim*Gh*Gw, H, W), rois (R, 5), [trans (R, 2*K, part_h, part_w)],
     [mask (R, K, part_h, part_w)]). Sizes are an int or an (h, w) pair. There are `num_rois`
-    random RoIs, then one of each kind in `special`; their batch indices cover the batch, or are all 0 with `same_image`. A RoI is
-    drawn again until its samples keep clear (samples_keep_clear) in the rounded values.
+    random RoIs, then one of each kind in `special`; their batch indices cover the batch, or
+    are all 0 with `same_image`. A RoI is drawn again until its samples keep clear
+    (samples_keep_clear) in the rounded values.
     """
 
     def __init__(self, rng, dtype="float64", batch=2, output_dim=4, group_size=3, height=9,
@@ -1159,7 +1160,8 @@ def require_gpu():
 # Timings: the convolution against cuDNN and torchvision, the PS-RoI pooling alone
 
 #: (name, N, C, H, W, F, deformable groups, stride) of the 3x3, pad-1 timings: the cases of the
-#: CPU benchmark (python/dcnv2_mx/tools/benchmark.py) and a batch-16 detector feature map.
+#: CPU benchmark (python/dcnv2_mx/tools/benchmark.py, not imported: it needs MXNet, which a GPU
+#: machine running this script may lack) and a batch-16 detector feature map.
 BENCH_CASES = [("res_c3", 1, 128, 100, 136, 128, 1, 1), ("res_c4", 1, 256, 50, 68, 256, 1, 1),
                ("res_c5", 1, 512, 25, 34, 512, 1, 1), ("small", 2, 64, 56, 56, 64, 1, 1),
                ("batch8", 8, 64, 32, 32, 64, 1, 1), ("dg4", 2, 64, 32, 32, 64, 4, 1),

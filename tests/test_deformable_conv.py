@@ -55,6 +55,40 @@ def test_forward_weight_layout_with_many_filters_and_taps(make_problem, kernel, 
 
 
 @pytest.mark.parametrize("dtype, rtol, atol", [("float64", 1e-11, 1e-12), ("float32", 1e-4, 1e-4)])
+@pytest.mark.parametrize("kernel", [(3, 3), (1, 5)], ids=["3x3", "1x5"])
+@pytest.mark.parametrize("height, width", [(2, 3), (7, 9)], ids=["channel-major", "tap-major"])
+def test_both_column_orders_match_reference(make_problem, rng, height, width, kernel, dtype, rtol,
+                                            atol):
+    """A CPU call with at least two filters per output pixel (here 2*2*3 = 12 pixels, 42
+    filters) orders each pixel's columns as the weight does, (C/G, K), its GEMMs read the
+    weight as given and the forward's threads split the filters (21 per group: 10 and 11);
+    with fewer (2*7*9 = 126 pixels) the columns are (K, C/G) and the weight is rearranged.
+    Forward and every gradient in both, with 16 channels per group (the 8x8 register
+    transposes) and two deformable groups, against the reference."""
+    problem = make_problem(batch=2, channels=32, height=height, width=width, num_filter=42,
+                           kernel=kernel, pad=(kernel[0] // 2, kernel[1] // 2), num_group=2,
+                           num_deformable_group=2)
+    out_grad = rng.uniform(-1, 1, problem.out_shape)
+    out, grads = problem.run_nd(dtype, out_grad=out_grad)
+    np.testing.assert_allclose(out, problem.reference(), rtol=rtol, atol=atol)
+    expected = problem.reference_grads(out_grad)
+    assert sorted(grads) == sorted(expected)
+    for name, grad in grads.items():
+        np.testing.assert_allclose(grad, expected[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+def test_channel_major_forward_in_several_team_tiles(make_problem):
+    """A channel-major forward (50 output pixels, 128 filters) whose float64 columns, 512*9*8
+    bytes a pixel, fit workspace=1 (MiB) for a few pixels per thread only: the threads sample
+    and multiply the pixels in several team tiles, across the two images, and each tile's
+    results reach the output."""
+    problem = make_problem(batch=2, channels=512, height=5, width=5, num_filter=128,
+                           num_deformable_group=2)
+    np.testing.assert_allclose(problem.run_nd(workspace=1), problem.reference(), rtol=1e-11,
+                               atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype, rtol, atol", [("float64", 1e-11, 1e-12), ("float32", 1e-4, 1e-4)])
 @pytest.mark.parametrize("case", cases())
 def test_backward_matches_reference(make_problem, rng, case, dtype, rtol, atol):
     problem = make_problem(**case)
@@ -539,8 +573,9 @@ def test_images_larger_than_the_workspace_run_direct(make_problem, rng, height, 
 
 def test_workspace_too_small_for_one_tile_names_what_it_needs(make_problem):
     """The permuted float64 weight alone, 32*1024*9*8 bytes = 2.25 MiB, does not fit
-    workspace=1: the message names the workspace needed, and that workspace works."""
-    problem = make_problem(batch=1, channels=1024, height=3, width=3, num_filter=32)
+    workspace=1 (64 output pixels for 32 filters: the forward rearranges its weight): the
+    message names the workspace needed, and that workspace works."""
+    problem = make_problem(batch=1, channels=1024, height=8, width=8, num_filter=32)
     with pytest.raises(MXNetError) as error:
         problem.run_nd(workspace=1)
     match = re.search(r"parameter 'workspace' \(1 MiB\) is too small: this input needs \d+ "

@@ -105,6 +105,15 @@ struct CpuTilePlan {
    *        each thread owning a range of its channels, so scratch no longer grows with the image.
    */
   bool image_copies = true;
+  /*!
+   * \brief Each pixel's columns are in the weight's own (C/G, K) order, so that the GEMMs read
+   *        the operator's (F, C/G, K) weight as it is (the forward's transposed), set for calls
+   *        with few output pixels per filter. Otherwise the columns are (K, C/G) and the call
+   *        rearranges the weight for its GEMMs: a pass over the whole weight that costs more
+   *        than the slower transposed GEMM saves when the weight is large beside the pixels
+   *        (ResNet's 7 x 7 layers: 512 x 512 x 3 x 3 weights, 49 pixels an image).
+   */
+  bool channel_major = false;
 };
 
 /*!

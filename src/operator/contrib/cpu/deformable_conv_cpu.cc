@@ -19,6 +19,12 @@
  * laid out (G, K, C/G, F/G), which the GEMM reads untransposed (its fastest form here), into a
  * pixel-major (pixels, F) tile, transposed into the output while it is in cache; backward uses
  * the weight permuted to (G, F/G, K, C/G), the right-hand side of its column-gradient GEMM.
+ * Calls with few pixels per filter (CpuTilePlan::channel_major) skip those rearrangements: each
+ * pixel's columns are reordered to (G, C/G, K) before the GEMMs, which then read the weight as
+ * given (the forward's transposed), and the column gradient comes out in that order and is put
+ * back to (G, K, C/G) for the sampling loops. Their forward's threads share each tile: they
+ * sample shares of its pixels, then each multiplies all of them by a share of the filters, so
+ * that each reads only part of the weight (see forward_team_tiles).
  *
  * Large images: when the block copies (and in backward each thread's image gradient) do not
  * fit `workspace`, the call runs "direct" (CpuTilePlan::image_copies false): the sampling loops
@@ -90,6 +96,16 @@ Acc sum_lanes(Acc (&lanes)[kLanes]) {
   return lanes[0];
 }
 
+/*!
+ * \brief A call runs channel-major (CpuTilePlan::channel_major) with at least this many filters
+ *        per output pixel of the whole call. Two threads, AVX-512, caches flushed by a 32 MiB
+ *        pass before each call, against the tap-major kernel: 0.73-0.84 the forward time (with
+ *        team tiles) and 0.85-0.90 the forward+backward with 0.19-0.38 pixels per filter
+ *        (2 x 512 x 7 x 7 -> 512, 1 x 512 x 14 x 14 -> 512); with 0.5-2 pixels per filter
+ *        0.9-1.12 either way, with 12 (2 x 128 x 28 x 28) 1.20.
+ */
+constexpr index_t kChannelMajorFiltersPerPixel = 2;
+
 /*! \brief Image copies of one block (more images per block: fewer barriers, more memory). */
 constexpr size_t kBlockBytes = size_t(32) << 20;
 
@@ -128,14 +144,18 @@ template <typename T, typename Acc>
 struct ThreadBuffers {
   TapSample<Acc>* taps;         //!< (tile pixels, dg, K)
   TapPosition<Acc>* positions;  //!< (tile pixels, dg, K) (backward)
-  T* col;                       //!< (tile pixels, G, K, C/G)
+  T* col;                       //!< (tile pixels, G, K, C/G), or (tile pixels, G, C/G, K) for
+                                //!< the GEMMs of a channel-major call
   T* col_grad;                  //!< the same for its gradient (backward): the buffer of col,
                                 //!< which the weight gradient's GEMM has read by then
   T* pixel_out;                 //!< (tile pixels, F): forward, the GEMM's result; backward,
                                 //!< the output gradient, pixel-major
   T* image_grads;               //!< (block images, HW, C): this thread's part (backward with
                                 //!< image copies)
-  T* weight_grad;               //!< (G, F/G, K, C/G): this thread's part (backward)
+  T* weight_grad;               //!< (G, F/G, K, C/G), channel-major (F, C/G, K): this
+                                //!< thread's part (backward)
+  T* pixel_row;                 //!< (C, K): one pixel's columns while they are reordered
+                                //!< (channel-major calls)
 };
 
 /*!
@@ -146,7 +166,11 @@ struct ThreadBuffers {
 template <typename T, typename Acc>
 struct CpuBuffers {
   T* images;  //!< (block images, HW, C), pixel-major, and a zero pixel; null when direct
-  T* weight;  //!< the permuted weight: forward (G, K, C/G, F/G), backward (G, F/G, K, C/G)
+  T* weight;  //!< the permuted weight: forward (G, K, C/G, F/G), backward (G, F/G, K, C/G);
+              //!< null for a channel-major call, whose GEMMs read the operator's weight
+  T* team_col;  //!< channel-major forward: the columns of a team tile, (threads * tile, G, C/G,
+                //!< K), the threads' col one after the other; else null
+  T* team_out;  //!< channel-major forward: (threads * tile, F), the GEMMs' result; else null
   std::vector<ThreadBuffers<T, Acc>> threads;
   size_t bytes;  //!< scratch these buffers need
 
@@ -162,16 +186,24 @@ struct CpuBuffers {
     images = plan.image_copies ? carver.take<T>(images_n) : nullptr;
     if (images)  // the zero pixel: never written again
       std::memset(images + block_n, 0, sizeof(T) * static_cast<size_t>(g.channels));
-    weight = carver.take<T>(weight_n);
-    threads.resize(static_cast<size_t>(plan.threads));
-    for (ThreadBuffers<T, Acc>& own : threads) {  // each take is 64-byte aligned: no false sharing
+    weight = plan.channel_major ? nullptr : carver.take<T>(weight_n);
+    const size_t out_n = static_cast<size_t>(g.filters) * tile;
+    // A channel-major forward's threads share their columns and GEMM results (team tiles).
+    const bool team = plan.channel_major && !backward;
+    const size_t threads_n = static_cast<size_t>(plan.threads);
+    team_col = team ? carver.take<T>(threads_n * col_n) : nullptr;
+    team_out = team ? carver.take<T>(threads_n * out_n) : nullptr;
+    threads.resize(threads_n);
+    for (size_t i = 0; i < threads_n; ++i) {  // each take is 64-byte aligned: no false sharing
+      ThreadBuffers<T, Acc>& own = threads[i];
       own.taps = carver.take<TapSample<Acc>>(samples_n);
       own.positions = backward ? carver.take<TapPosition<Acc>>(samples_n) : nullptr;
-      own.col = carver.take<T>(col_n);
+      own.col = team ? team_col + i * col_n : carver.take<T>(col_n);
       own.col_grad = backward ? own.col : nullptr;
-      own.pixel_out = carver.take<T>(static_cast<size_t>(g.filters) * tile);
+      own.pixel_out = team ? team_out + i * out_n : carver.take<T>(out_n);
       own.image_grads = backward && plan.image_copies ? carver.take<T>(block_n) : nullptr;
       own.weight_grad = backward ? carver.take<T>(weight_n) : nullptr;
+      own.pixel_row = plan.channel_major ? carver.take<T>(col_n / tile) : nullptr;
     }
     bytes = carver.bytes_needed();
   }
@@ -280,6 +312,23 @@ void team_transpose_sum(Part&& part, int parts, index_t count, index_t rows, ind
     for (int i = 1; i < parts; ++i)
       transpose_2d<true>(part(i) + (m * rows + r0) * cols, strip_rows, cols, cols,
                          dst + m * rows * cols + r0, rows);
+  }
+}
+
+/*!
+ * \brief dst = the sum of the `parts` arrays of n elements, part 0 first (team, no barrier).
+ */
+template <typename T, typename Part>
+void team_sum(Part&& part, int parts, index_t n, T* dst) {
+  constexpr index_t kChunk = 4096;
+#pragma omp for schedule(static) nowait
+  for (index_t i0 = 0; i0 < n; i0 += kChunk) {
+    const index_t i1 = std::min(n, i0 + kChunk);
+    std::memcpy(dst + i0, part(0) + i0, sizeof(T) * static_cast<size_t>(i1 - i0));
+    for (int p = 1; p < parts; ++p) {
+      const T* __restrict__ src = part(p);
+      for (index_t i = i0; i < i1; ++i) dst[i] += src[i];
+    }
   }
 }
 
@@ -530,22 +579,56 @@ void im2col(const DeformConvGeometry& g, const ChannelRuns& runs, const ThreadTi
   }
 }
 
-/*! \brief out[n, :, p] = W x colT[t]^T + bias for every tile pixel. */
+/*!
+ * \brief Reorders each of the tile's pixel rows at `rows` (CK apart) between the sampling
+ *        loops' (G, K, C/G) and the weight's (G, C/G, K): to_channel_major, or back.
+ */
 template <typename T, typename Acc>
-bool forward_gemm(const DeformConvGeometry& g, const ThreadTile& tile, const T* weight,
-                  const ThreadBuffers<T, Acc>& own, const T* bias, T* out) {
+void reorder_pixel_rows(const DeformConvGeometry& g, const ThreadTile& tile,
+                        const ThreadBuffers<T, Acc>& own, T* rows, bool to_channel_major) {
+  const index_t K = g.taps(), cg = g.channels_per_group(), rows_g = g.col_rows_per_group();
+  const index_t CK = g.channels * K;
+  // (from rows, from columns) of each group's matrix.
+  const index_t from_rows = to_channel_major ? K : cg, from_cols = to_channel_major ? cg : K;
+  for (index_t t = 0; t < tile.count; ++t) {
+    T* row = rows + t * CK;
+    std::memcpy(own.pixel_row, row, sizeof(T) * static_cast<size_t>(CK));
+    for (int grp = 0; grp < g.groups; ++grp)
+      transpose_2d<false>(own.pixel_row + grp * rows_g, from_rows, from_cols, from_cols,
+                          row + grp * rows_g, from_rows);
+  }
+}
+
+/*!
+ * \brief out[n, f, p] = W x colT[t]^T + bias for every tile pixel and filters [f0, f1) of each
+ *        group, from the tile's columns `col` (CK apart) through `pixel_out` (F apart). `weight`
+ *        is the operator's (F, C/G, K) for a channel-major call, else the forward's
+ *        (G, K, C/G, F/G).
+ */
+template <typename T>
+bool forward_gemm(const DeformConvGeometry& g, const CpuTilePlan& plan, const ThreadTile& tile,
+                  index_t f0, index_t f1, const T* weight, const T* col, T* pixel_out,
+                  const T* bias, T* out) {
   const index_t P = g.out_plane(), CK = g.channels * g.taps(), F = g.filters;
   const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
+  if (f1 <= f0) return true;
   bool ok = true;
-  for (int grp = 0; grp < g.groups; ++grp)
-    ok &= cpu::gemm(false, false, tile.count, fg, rows_g, T(1), own.col + grp * rows_g, CK,
-                    weight + grp * rows_g * fg, fg, T(0), own.pixel_out + grp * fg, F);
+  for (int grp = 0; grp < g.groups; ++grp) {
+    const index_t first = grp * fg + f0;  // the group's first filter of the range
+    const T* w = plan.channel_major ? weight + first * rows_g : weight + grp * rows_g * fg + f0;
+    ok &= cpu::gemm(false, plan.channel_major, tile.count, f1 - f0, rows_g, T(1),
+                    col + grp * rows_g, CK, w, plan.channel_major ? rows_g : fg, T(0),
+                    pixel_out + first, F);
+  }
   for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
-    T* out_n = out + n * F * P + p;
-    transpose_2d<false>(own.pixel_out + t * F, run, F, F, out_n, P);
-    if (bias)
-      for (index_t f = 0; f < F; ++f)
-        for (index_t i = 0; i < run; ++i) out_n[f * P + i] += bias[f];
+    for (int grp = 0; grp < g.groups; ++grp) {
+      const index_t first = grp * fg + f0;
+      T* out_n = out + (n * F + first) * P + p;
+      transpose_2d<false>(pixel_out + t * F + first, run, f1 - f0, F, out_n, P);
+      if (bias)
+        for (index_t f = 0; f < f1 - f0; ++f)
+          for (index_t i = 0; i < run; ++i) out_n[f * P + i] += bias[first + f];
+    }
   });
   return ok;
 }
@@ -578,7 +661,9 @@ bool weight_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile,
  * \brief colT_grad = dout^T x W over the tile's pixels, dout first copied pixel-major into
  *        own.pixel_out: oneDNN's sgemm reading it transposed straight from the NCHW gradient
  *        ran at 0.4 its speed when the rows were a power of two apart (32 x 32 or 64 x 64
- *        planes: cache-set conflicts), and as fast otherwise.
+ *        planes: cache-set conflicts), and as fast otherwise. `weight` is (G, F/G, K, C/G), or
+ *        the operator's (F, C/G, K) for a channel-major call, whose column gradient comes out
+ *        channel-major.
  */
 template <typename T, typename Acc>
 bool col_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile, const T* weight,
@@ -733,6 +818,45 @@ void check_gemms(bool ok) {
 }
 
 
+/*!
+ * \brief Channel-major forward of images [n0, n1) (call from every thread of the region): team
+ *        tiles of plan.threads * plan.tile pixels, each sampled by the threads in shares of its
+ *        pixels and then multiplied by each thread's share of every group's filters. With few
+ *        pixels per filter the GEMMs stream the weight rather than the columns; so each thread
+ *        reads only its filters' rows of it (2 x 512 x 7 x 7 -> 512: 0.90-0.93 the forward time
+ *        of each thread multiplying its own pixels by every filter).
+ */
+template <bool kDirect, typename T, typename Acc>
+bool forward_team_tiles(const DeformConvGeometry& g, const CpuTilePlan& plan,
+                        const ChannelRuns& runs, const CpuBuffers<T, Acc>& buf,
+                        const DeformConvForwardArgs<T>& a, const T* images, index_t n0,
+                        index_t n1) {
+  const int team = omp_get_num_threads(), me = omp_get_thread_num();
+  const index_t CK = g.channels * g.taps(), pixels = (n1 - n0) * g.out_plane();
+  const index_t team_tile = plan.tile * team;
+  index_t f0, f1;
+  share_of(g.filters_per_group(), me, team, &f0, &f1);
+  bool ok = true;
+  for (index_t first = 0; first < pixels; first += team_tile) {
+    const ThreadTile tile{n0, first, std::min(team_tile, pixels - first)};
+    index_t begin, end;
+    share_of(tile.count, me, team, &begin, &end);
+    if (end > begin) {
+      ThreadBuffers<T, Acc> mine = buf.threads[me];
+      mine.col = buf.team_col + begin * CK;  // this thread's rows of the team tile
+      const ThreadTile part{n0, first + begin, end - begin};
+      build_samples<kDirect, T, Acc>(g, plan, a.offset, a.mask, part, mine);
+      im2col<kDirect, T, Acc>(g, runs, part, images, mine);
+      reorder_pixel_rows(g, part, mine, mine.col, true);
+    }
+#pragma omp barrier  // the team tile's columns are complete
+    ok = forward_gemm(g, plan, tile, f0, f1, a.weight, buf.team_col, buf.team_out, a.bias,
+                      a.out) && ok;
+#pragma omp barrier  // every thread has read the columns before they are refilled
+  }
+  return ok;
+}
+
 /*! \brief Forward of a call planned with (kDirect false) or without image copies. */
 template <bool kDirect, typename T>
 void forward_blocks(const DeformConvGeometry& g, const DeformConvForwardArgs<T>& a,
@@ -745,7 +869,7 @@ void forward_blocks(const DeformConvGeometry& g, const DeformConvForwardArgs<T>&
 #pragma omp parallel num_threads(plan.threads) reduction(&& : ok)
   {
     const ThreadBuffers<T, Acc>& own = buf.threads[omp_get_thread_num()];
-    team_weight_by_tap(g, a.weight, buf.weight);
+    if (!plan.channel_major) team_weight_by_tap(g, a.weight, buf.weight);
     for_blocks(g, plan, [&](index_t n0, index_t n1) {
       if (n0 > 0) {
 #pragma omp barrier  // every thread is done with the previous block's images
@@ -753,10 +877,15 @@ void forward_blocks(const DeformConvGeometry& g, const DeformConvForwardArgs<T>&
       if (!kDirect) team_transpose(a.data + n0 * C * HW, n1 - n0, C, HW, buf.images);
 #pragma omp barrier  // the images and the weight are ready
       const T* images = kDirect ? a.data + n0 * C * HW : buf.images;
+      if (plan.channel_major) {
+        ok = forward_team_tiles<kDirect, T, Acc>(g, plan, runs, buf, a, images, n0, n1) && ok;
+        return;
+      }
       for_own_tiles(g, plan, n0, n1, [&](const ThreadTile& tile) {
         build_samples<kDirect, T, Acc>(g, plan, a.offset, a.mask, tile, own);
         im2col<kDirect, T, Acc>(g, runs, tile, images, own);
-        ok = forward_gemm<T, Acc>(g, tile, buf.weight, own, a.bias, a.out) && ok;
+        ok = forward_gemm(g, plan, tile, 0, g.filters_per_group(), buf.weight, own.col,
+                          own.pixel_out, a.bias, a.out) && ok;
       });
     });
   }
@@ -779,7 +908,9 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
   {
     const int team = omp_get_num_threads(), me = omp_get_thread_num();
     const ThreadBuffers<T, Acc>& own = buf.threads[me];
-    team_transpose(a.in.weight, g.filters, g.channels_per_group(), g.taps(), buf.weight);
+    if (!plan.channel_major)
+      team_transpose(a.in.weight, g.filters, g.channels_per_group(), g.taps(), buf.weight);
+    const T* weight = plan.channel_major ? a.in.weight : buf.weight;
     bool weight_grad_started = false;  // this thread's part holds a sum (see weight_grad_gemm)
     if (kDirect && a.data_grad) {
 #pragma omp for schedule(static) nowait
@@ -792,10 +923,12 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
       // The weight gradient first: the column gradient takes the columns' buffer.
       if (a.weight_grad) {
         im2col<kDirect, T, Acc>(g, runs, tile, images, own);
+        if (plan.channel_major) reorder_pixel_rows(g, tile, own, own.col, true);
         ok = weight_grad_gemm<T, Acc>(g, tile, own, a.out_grad, &weight_grad_started) && ok;
       }
       if (need_col_grad) {
-        ok = col_grad_gemm<T, Acc>(g, tile, buf.weight, own, a.out_grad) && ok;
+        ok = col_grad_gemm<T, Acc>(g, tile, weight, own, a.out_grad) && ok;
+        if (plan.channel_major) reorder_pixel_rows(g, tile, own, own.col_grad, false);
         if (a.offset_grad || a.mask_grad)
           position_and_mask_grads<kDirect, T, Acc>(g, plan, runs, tile, images, own, a.offset_grad,
                                                    a.mask_grad);
@@ -845,9 +978,14 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
       if (!weight_grad_started)  // a thread without pixels: its part is zeros
         std::memset(own.weight_grad, 0, sizeof(T) * static_cast<size_t>(g.filters * rows_g));
 #pragma omp barrier  // every thread's weight gradient is complete
-      // Back to the operator's layout (F, C/G, K), summing the threads' parts in order.
-      team_transpose_sum<T>([&](int i) -> const T* { return buf.threads[i].weight_grad; }, team,
-                            g.filters, g.taps(), g.channels_per_group(), a.weight_grad);
+      // The threads' parts summed in order, back in the operator's layout (F, C/G, K): a
+      // channel-major call's parts are in it already (one row per filter "transposed").
+      const auto part = [&](int i) -> const T* { return buf.threads[i].weight_grad; };
+      if (plan.channel_major)
+        team_sum<T>(part, team, g.filters * rows_g, a.weight_grad);
+      else
+        team_transpose_sum<T>(part, team, g.filters, g.taps(), g.channels_per_group(),
+                              a.weight_grad);
     }
     if (a.bias_grad) {
 #pragma omp for schedule(static) nowait
@@ -910,18 +1048,19 @@ CpuTilePlan plan_deform_conv_cpu(const DeformConvGeometry& g, bool backward, siz
   };
   // With image copies: most threads first, then the most images per block up to kBlockBytes of
   // copies (backward holds one more copy per thread), then the largest tile.
+  const bool channel_major = g.batch * g.out_plane() * kChannelMajorFiltersPerPixel <= g.filters;
   for (int threads = cpu::threads(); threads >= 1; --threads) {
     const size_t copies = backward ? 1 + threads : 1;
     index_t images = std::min<index_t>(
         g.batch, std::max<index_t>(1, static_cast<index_t>(kBlockBytes / (copies * image))));
     for (; images >= 1; images /= 2) {
-      CpuTilePlan plan{1, images, threads, 0};
+      CpuTilePlan plan{1, images, threads, 0, true, channel_major};
       if (fit_tile(&plan)) return plan;
     }
   }
   // Direct, when not even one thread's copies fit: the whole batch is one block (it costs no
   // memory), most threads first.
-  CpuTilePlan direct{1, g.batch, cpu::threads(), 0, false};
+  CpuTilePlan direct{1, g.batch, cpu::threads(), 0, false, channel_major};
   for (; direct.threads >= 1; --direct.threads)
     if (fit_tile(&direct)) return direct;
   direct.threads = 1;

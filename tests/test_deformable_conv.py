@@ -77,15 +77,21 @@ def test_both_column_orders_match_reference(make_problem, rng, height, width, ke
         np.testing.assert_allclose(grad, expected[name], rtol=rtol, atol=atol, err_msg=name)
 
 
-def test_channel_major_forward_in_several_team_tiles(make_problem):
-    """A channel-major forward (50 output pixels, 128 filters) whose float64 columns, 512*9*8
-    bytes a pixel, fit workspace=1 (MiB) for a few pixels per thread only: the threads sample
-    and multiply the pixels in several team tiles, across the two images, and each tile's
-    results reach the output."""
-    problem = make_problem(batch=2, channels=512, height=5, width=5, num_filter=128,
-                           num_deformable_group=2)
-    np.testing.assert_allclose(problem.run_nd(workspace=1), problem.reference(), rtol=1e-11,
-                               atol=1e-11)
+@pytest.mark.parametrize("height, workspace", [(5, 1), (12, 1)], ids=["copies", "direct"])
+def test_channel_major_calls_in_several_team_tiles(make_problem, rng, height, workspace):
+    """Channel-major calls whose float64 columns, 1024*9*8 bytes a pixel, fit workspace=1 (MiB)
+    for a few pixels per thread only: the threads sample and multiply the pixels in many team
+    tiles. 2*5*5 pixels for 128 filters cross from one image to the next; one 12 x 12 image
+    (1.1 MiB) for 288 filters does not fit at all, so backward scatters the data gradient
+    directly, and its 21 MiB weight gradient is written by columns, with no per-thread part."""
+    batch, filters = (2, 128) if height == 5 else (1, 288)
+    problem = make_problem(batch=batch, channels=1024, height=height, width=height,
+                           num_filter=filters, num_deformable_group=2)
+    out_grad = rng.uniform(-1, 1, problem.out_shape)
+    out, grads = problem.run_nd(out_grad=out_grad, workspace=workspace)
+    np.testing.assert_allclose(out, problem.reference(), rtol=1e-11, atol=1e-11)
+    for name, expected in problem.reference_grads(out_grad).items():
+        np.testing.assert_allclose(grads[name], expected, rtol=1e-10, atol=1e-10, err_msg=name)
 
 
 @pytest.mark.parametrize("dtype, rtol, atol", [("float64", 1e-11, 1e-12), ("float32", 1e-4, 1e-4)])

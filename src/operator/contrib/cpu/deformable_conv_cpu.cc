@@ -22,9 +22,10 @@
  * Calls with few pixels per filter (CpuTilePlan::channel_major) skip those rearrangements: each
  * pixel's columns are reordered to (G, C/G, K) before the GEMMs, which then read the weight as
  * given (the forward's transposed), and the column gradient comes out in that order and is put
- * back to (G, K, C/G) for the sampling loops. Their forward's threads share each tile: they
- * sample shares of its pixels, then each multiplies all of them by a share of the filters, so
- * that each reads only part of the weight (see forward_team_tiles).
+ * back to (G, K, C/G) for the sampling loops. Their threads share each tile: they sample
+ * shares of its pixels, then each multiplies all of them by a share of the weight, so that each
+ * reads only part of it, and backward writes its share of the weight gradient's columns straight
+ * into the operator's, with no per-thread part to sum (see forward_team_tiles).
  *
  * Large images: when the block copies (and in backward each thread's image gradient) do not
  * fit `workspace`, the call runs "direct" (CpuTilePlan::image_copies false): the sampling loops
@@ -99,10 +100,11 @@ Acc sum_lanes(Acc (&lanes)[kLanes]) {
 /*!
  * \brief A call runs channel-major (CpuTilePlan::channel_major) with at least this many filters
  *        per output pixel of the whole call. Two threads, AVX-512, caches flushed by a 32 MiB
- *        pass before each call, against the tap-major kernel: 0.73-0.84 the forward time (with
- *        team tiles) and 0.85-0.90 the forward+backward with 0.19-0.38 pixels per filter
- *        (2 x 512 x 7 x 7 -> 512, 1 x 512 x 14 x 14 -> 512); with 0.5-2 pixels per filter
- *        0.9-1.12 either way, with 12 (2 x 128 x 28 x 28) 1.20.
+ *        pass before each call, against the tap-major kernel: 0.73-0.84 the forward time and
+ *        0.71-0.84 the forward+backward with 0.19 pixels per filter (2 x 512 x 7 x 7 -> 512,
+ *        also with stride 2), forward 0.84 with 0.38 (1 x 512 x 14 x 14 -> 512); with 0.5-2
+ *        pixels per filter 0.9-1.12 either way (columns only, before the shared tiles), with 12
+ *        (2 x 128 x 28 x 28) 1.20.
  */
 constexpr index_t kChannelMajorFiltersPerPixel = 2;
 
@@ -152,8 +154,9 @@ struct ThreadBuffers {
                                 //!< the output gradient, pixel-major
   T* image_grads;               //!< (block images, HW, C): this thread's part (backward with
                                 //!< image copies)
-  T* weight_grad;               //!< (G, F/G, K, C/G), channel-major (F, C/G, K): this
-                                //!< thread's part (backward)
+  T* weight_grad;               //!< (G, F/G, K, C/G): this thread's part (backward; none for a
+                                //!< channel-major call, whose threads write their columns of
+                                //!< the operator's gradient)
   T* pixel_row;                 //!< (C, K): one pixel's columns while they are reordered
                                 //!< (channel-major calls)
 };
@@ -168,9 +171,10 @@ struct CpuBuffers {
   T* images;  //!< (block images, HW, C), pixel-major, and a zero pixel; null when direct
   T* weight;  //!< the permuted weight: forward (G, K, C/G, F/G), backward (G, F/G, K, C/G);
               //!< null for a channel-major call, whose GEMMs read the operator's weight
-  T* team_col;  //!< channel-major forward: the columns of a team tile, (threads * tile, G, C/G,
-                //!< K), the threads' col one after the other; else null
-  T* team_out;  //!< channel-major forward: (threads * tile, F), the GEMMs' result; else null
+  T* team_col;  //!< channel-major: the columns (backward: then their gradient) of a team tile,
+                //!< (threads * tile, G, C/G, K), the threads' col one after the other; else null
+  T* team_out;  //!< channel-major: (threads * tile, F), the forward GEMMs' result, backward the
+                //!< output gradient pixel-major; else null
   std::vector<ThreadBuffers<T, Acc>> threads;
   size_t bytes;  //!< scratch these buffers need
 
@@ -188,8 +192,8 @@ struct CpuBuffers {
       std::memset(images + block_n, 0, sizeof(T) * static_cast<size_t>(g.channels));
     weight = plan.channel_major ? nullptr : carver.take<T>(weight_n);
     const size_t out_n = static_cast<size_t>(g.filters) * tile;
-    // A channel-major forward's threads share their columns and GEMM results (team tiles).
-    const bool team = plan.channel_major && !backward;
+    // A channel-major call's threads share their columns and GEMM results (team tiles).
+    const bool team = plan.channel_major;
     const size_t threads_n = static_cast<size_t>(plan.threads);
     team_col = team ? carver.take<T>(threads_n * col_n) : nullptr;
     team_out = team ? carver.take<T>(threads_n * out_n) : nullptr;
@@ -202,7 +206,7 @@ struct CpuBuffers {
       own.col_grad = backward ? own.col : nullptr;
       own.pixel_out = team ? team_out + i * out_n : carver.take<T>(out_n);
       own.image_grads = backward && plan.image_copies ? carver.take<T>(block_n) : nullptr;
-      own.weight_grad = backward ? carver.take<T>(weight_n) : nullptr;
+      own.weight_grad = backward && !team ? carver.take<T>(weight_n) : nullptr;
       own.pixel_row = plan.channel_major ? carver.take<T>(col_n / tile) : nullptr;
     }
     bytes = carver.bytes_needed();
@@ -312,23 +316,6 @@ void team_transpose_sum(Part&& part, int parts, index_t count, index_t rows, ind
     for (int i = 1; i < parts; ++i)
       transpose_2d<true>(part(i) + (m * rows + r0) * cols, strip_rows, cols, cols,
                          dst + m * rows * cols + r0, rows);
-  }
-}
-
-/*!
- * \brief dst = the sum of the `parts` arrays of n elements, part 0 first (team, no barrier).
- */
-template <typename T, typename Part>
-void team_sum(Part&& part, int parts, index_t n, T* dst) {
-  constexpr index_t kChunk = 4096;
-#pragma omp for schedule(static) nowait
-  for (index_t i0 = 0; i0 < n; i0 += kChunk) {
-    const index_t i1 = std::min(n, i0 + kChunk);
-    std::memcpy(dst + i0, part(0) + i0, sizeof(T) * static_cast<size_t>(i1 - i0));
-    for (int p = 1; p < parts; ++p) {
-      const T* __restrict__ src = part(p);
-      for (index_t i = i0; i < i1; ++i) dst[i] += src[i];
-    }
   }
 }
 
@@ -634,49 +621,63 @@ bool forward_gemm(const DeformConvGeometry& g, const CpuTilePlan& plan, const Th
 }
 
 /*!
- * \brief This thread's weight gradient += dout x colT over the tile's pixels; = where *started
- *        is false (this thread's first pixels), which it then sets: the first GEMM overwrites the
- *        part instead of adding to zeros (zeroing a 512 x 4608 part took 5% of a forward+backward
- *        with 7 x 7 maps).
+ * \brief Columns [r0, r1) of each group's rows of the weight gradient `dst` (F, rows per group)
+ *        += dout x colT over the tile's pixels (columns `col`, CK apart); = where *started is
+ *        false (the first pixels), which it then sets: the first GEMM overwrites instead of
+ *        adding to zeros (zeroing a 512 x 4608 part took 5% of a forward+backward with 7 x 7
+ *        maps).
  */
-template <typename T, typename Acc>
-bool weight_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile,
-                      const ThreadBuffers<T, Acc>& own, const T* out_grad, bool* started) {
+template <typename T>
+bool weight_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile, index_t r0, index_t r1,
+                      const T* col, const T* out_grad, T* dst, bool* started) {
   const index_t P = g.out_plane(), CK = g.channels * g.taps();
   const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
+  if (r1 <= r0) return true;
   bool ok = true;
   for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
     const T beta = *started ? T(1) : T(0);
     for (int grp = 0; grp < g.groups; ++grp)
-      ok &= cpu::gemm(false, false, fg, rows_g, run, T(1),
+      ok &= cpu::gemm(false, false, fg, r1 - r0, run, T(1),
                       out_grad + (n * g.filters + grp * fg) * P + p, P,
-                      own.col + t * CK + grp * rows_g, CK, beta,
-                      own.weight_grad + grp * fg * rows_g, rows_g);
+                      col + t * CK + grp * rows_g + r0, CK, beta,
+                      dst + grp * fg * rows_g + r0, rows_g);
     *started = true;
   });
   return ok;
 }
 
 /*!
- * \brief colT_grad = dout^T x W over the tile's pixels, dout first copied pixel-major into
- *        own.pixel_out: oneDNN's sgemm reading it transposed straight from the NCHW gradient
- *        ran at 0.4 its speed when the rows were a power of two apart (32 x 32 or 64 x 64
- *        planes: cache-set conflicts), and as fast otherwise. `weight` is (G, F/G, K, C/G), or
- *        the operator's (F, C/G, K) for a channel-major call, whose column gradient comes out
- *        channel-major.
+ * \brief pixel_out (tile pixels, F) = the tile's output gradient, pixel-major: oneDNN's sgemm
+ *        reading it transposed straight from the NCHW gradient ran at 0.4 its speed when the
+ *        rows were a power of two apart (32 x 32 or 64 x 64 planes: cache-set conflicts), and as
+ *        fast otherwise.
  */
-template <typename T, typename Acc>
-bool col_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile, const T* weight,
-                   const ThreadBuffers<T, Acc>& own, const T* out_grad) {
-  const index_t P = g.out_plane(), CK = g.channels * g.taps(), F = g.filters;
-  const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
+template <typename T>
+void out_grad_pixel_major(const DeformConvGeometry& g, const ThreadTile& tile, const T* out_grad,
+                          T* pixel_out) {
+  const index_t P = g.out_plane(), F = g.filters;
   for_image_runs(g, tile, [&](index_t n, index_t p, index_t t, index_t run) {
-    transpose_2d<false>(out_grad + n * F * P + p, F, run, P, own.pixel_out + t * F, F);
+    transpose_2d<false>(out_grad + n * F * P + p, F, run, P, pixel_out + t * F, F);
   });
+}
+
+/*!
+ * \brief Columns [r0, r1) of each group's rows of colT_grad (`col_grad`, CK apart) = dout^T x W
+ *        over the tile's pixels, from their output gradient `pixel_out` (F apart). `weight` is
+ *        (G, F/G, K, C/G), or the operator's (F, C/G, K) for a channel-major call, whose column
+ *        gradient comes out channel-major.
+ */
+template <typename T>
+bool col_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile, index_t r0, index_t r1,
+                   const T* weight, const T* pixel_out, T* col_grad) {
+  const index_t CK = g.channels * g.taps(), F = g.filters;
+  const index_t fg = g.filters_per_group(), rows_g = g.col_rows_per_group();
+  if (r1 <= r0) return true;
   bool ok = true;
   for (int grp = 0; grp < g.groups; ++grp)
-    ok &= cpu::gemm(false, false, tile.count, rows_g, fg, T(1), own.pixel_out + grp * fg, F,
-                    weight + grp * fg * rows_g, rows_g, T(0), own.col_grad + grp * rows_g, CK);
+    ok &= cpu::gemm(false, false, tile.count, r1 - r0, fg, T(1), pixel_out + grp * fg, F,
+                    weight + grp * fg * rows_g + r0, rows_g, T(0),
+                    col_grad + grp * rows_g + r0, CK);
   return ok;
 }
 
@@ -899,7 +900,7 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
   using Acc = typename AccType<T>::type;
   const CpuBuffers<T, Acc> buf(g, plan, scratch, true);
   const ChannelRuns runs(g);
-  const index_t P = g.out_plane(), C = g.channels, HW = g.in_plane();
+  const index_t P = g.out_plane(), C = g.channels, HW = g.in_plane(), CK = C * g.taps();
   const index_t rows_g = g.col_rows_per_group();
   const bool need_col_grad = a.data_grad || a.offset_grad || a.mask_grad;
   const bool need_images = a.weight_grad || a.offset_grad || a.mask_grad;
@@ -910,28 +911,90 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
     const ThreadBuffers<T, Acc>& own = buf.threads[me];
     if (!plan.channel_major)
       team_transpose(a.in.weight, g.filters, g.channels_per_group(), g.taps(), buf.weight);
-    const T* weight = plan.channel_major ? a.in.weight : buf.weight;
-    bool weight_grad_started = false;  // this thread's part holds a sum (see weight_grad_gemm)
+    // A channel-major call's threads each take a share [r0, r1) of every group's column rows in
+    // its GEMMs, and write their weight gradient columns straight into the operator's.
+    index_t r0 = 0, r1 = rows_g;
+    if (plan.channel_major) share_of(rows_g, me, team, &r0, &r1);
+    bool weight_grad_started = false;  // the weight gradient holds a sum (see weight_grad_gemm)
     if (kDirect && a.data_grad) {
 #pragma omp for schedule(static) nowait
       for (index_t plane = 0; plane < g.batch * C; ++plane)
         std::memset(a.data_grad + plane * HW, 0, sizeof(T) * static_cast<size_t>(HW));
     }
-    // Everything of one tile but the data gradient's scatter.
+    // Everything of one of this thread's tiles but the data gradient's scatter (tap-major).
     auto tile_grads = [&](const ThreadTile& tile, const T* images) {
       build_samples<kDirect, T, Acc>(g, plan, a.in.offset, a.in.mask, tile, own);
       // The weight gradient first: the column gradient takes the columns' buffer.
       if (a.weight_grad) {
         im2col<kDirect, T, Acc>(g, runs, tile, images, own);
-        if (plan.channel_major) reorder_pixel_rows(g, tile, own, own.col, true);
-        ok = weight_grad_gemm<T, Acc>(g, tile, own, a.out_grad, &weight_grad_started) && ok;
+        ok = weight_grad_gemm(g, tile, 0, rows_g, own.col, a.out_grad, own.weight_grad,
+                              &weight_grad_started) && ok;
       }
       if (need_col_grad) {
-        ok = col_grad_gemm<T, Acc>(g, tile, weight, own, a.out_grad) && ok;
-        if (plan.channel_major) reorder_pixel_rows(g, tile, own, own.col_grad, false);
+        out_grad_pixel_major(g, tile, a.out_grad, own.pixel_out);
+        ok = col_grad_gemm(g, tile, 0, rows_g, buf.weight, own.pixel_out, own.col_grad) && ok;
         if (a.offset_grad || a.mask_grad)
           position_and_mask_grads<kDirect, T, Acc>(g, plan, runs, tile, images, own, a.offset_grad,
                                                    a.mask_grad);
+      }
+    };
+    // Channel-major: the team tiles of forward_team_tiles over images [n0, n1). Each thread
+    // samples its share of a tile's pixels, the GEMMs then split the column rows, and each thread
+    // takes its pixels' column gradient back: offset and mask gradients, and the scatter into its
+    // image gradient, or direct (data_grad not null) every pixel's for channels [c_begin, c_end).
+    auto team_tiles = [&](index_t n0, index_t n1, const T* images, T* data_grad, index_t c_begin,
+                          index_t c_end) {
+      const index_t pixels = (n1 - n0) * P, team_tile = plan.tile * team;
+      for (index_t first = 0; first < pixels; first += team_tile) {
+        const ThreadTile tile{n0, first, std::min(team_tile, pixels - first)};
+        // Thread i's share of the tile, and its buffers with its rows of the shared ones.
+        auto part_of = [&](int i, ThreadBuffers<T, Acc>* part_buffers) {
+          index_t begin, end;
+          share_of(tile.count, i, team, &begin, &end);
+          *part_buffers = buf.threads[i];
+          part_buffers->col = part_buffers->col_grad = buf.team_col + begin * CK;
+          part_buffers->pixel_out = buf.team_out + begin * g.filters;
+          return ThreadTile{n0, first + begin, end - begin};
+        };
+        ThreadBuffers<T, Acc> mine;
+        const ThreadTile part = part_of(me, &mine);
+        if (part.count > 0) {
+          build_samples<kDirect, T, Acc>(g, plan, a.in.offset, a.in.mask, part, mine);
+          if (a.weight_grad) {
+            im2col<kDirect, T, Acc>(g, runs, part, images, mine);
+            reorder_pixel_rows(g, part, mine, mine.col, true);
+          }
+          if (need_col_grad) out_grad_pixel_major(g, part, a.out_grad, mine.pixel_out);
+        }
+#pragma omp barrier  // the tile's columns and output gradient are complete
+        // This thread's column rows only: its weight gradient GEMM has read them before its
+        // column gradient GEMM overwrites them.
+        if (a.weight_grad)
+          ok = weight_grad_gemm(g, tile, r0, r1, buf.team_col, a.out_grad, a.weight_grad,
+                                &weight_grad_started) && ok;
+        if (need_col_grad) {
+          ok = col_grad_gemm(g, tile, r0, r1, a.in.weight, buf.team_out, buf.team_col) && ok;
+#pragma omp barrier  // the tile's column gradient is complete
+          if (part.count > 0) {
+            reorder_pixel_rows(g, part, mine, mine.col_grad, false);
+            if (a.offset_grad || a.mask_grad)
+              position_and_mask_grads<kDirect, T, Acc>(g, plan, runs, part, images, mine,
+                                                       a.offset_grad, a.mask_grad);
+            if (!kDirect && a.data_grad)
+              col2im<false, T, Acc>(g, plan, runs, part, mine, own.image_grads, 0, C);
+          }
+          if (data_grad) {
+#pragma omp barrier  // every share's column gradient is in the sampling loops' order again
+            for (int i = 0; i < team; ++i) {
+              ThreadBuffers<T, Acc> theirs;
+              const ThreadTile their_part = part_of(i, &theirs);
+              if (their_part.count > 0)
+                col2im<true, T, Acc>(g, plan, runs, their_part, theirs, data_grad, c_begin,
+                                     c_end);
+            }
+          }
+        }
+#pragma omp barrier  // nobody refills the tile's buffers before every thread is done with them
       }
     };
     for_blocks(g, plan, [&](index_t n0, index_t n1) {
@@ -944,10 +1007,13 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
         std::memset(own.image_grads, 0, sizeof(T) * static_cast<size_t>((n1 - n0) * C * HW));
 #pragma omp barrier  // the images and the weight are ready (direct: the data gradient zeroed)
       if (!kDirect) {
-        for_own_tiles(g, plan, n0, n1, [&](const ThreadTile& tile) {
-          tile_grads(tile, buf.images);
-          if (a.data_grad) col2im<false, T, Acc>(g, plan, runs, tile, own, own.image_grads, 0, C);
-        });
+        if (plan.channel_major)
+          team_tiles(n0, n1, buf.images, nullptr, 0, C);
+        else
+          for_own_tiles(g, plan, n0, n1, [&](const ThreadTile& tile) {
+            tile_grads(tile, buf.images);
+            if (a.data_grad) col2im<false, T, Acc>(g, plan, runs, tile, own, own.image_grads, 0, C);
+          });
         if (a.data_grad) {
 #pragma omp barrier  // every thread's image gradients are complete
           team_transpose_sum<T>([&](int i) -> const T* { return buf.threads[i].image_grads; },
@@ -959,6 +1025,10 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
       T* data_grad = a.data_grad ? a.data_grad + n0 * C * HW : nullptr;
       index_t c_begin, c_end;
       share_of(C, me, team, &c_begin, &c_end);
+      if (plan.channel_major) {
+        team_tiles(n0, n1, images, data_grad, c_begin, c_end);
+        return;
+      }
       const index_t rounds = tile_rounds(g, plan, n0, n1, team);
       for (index_t round = 0; round < rounds; ++round) {
         const ThreadTile tile = thread_tile(g, plan, n0, n1, me, team, round);
@@ -974,18 +1044,17 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
 #pragma omp barrier  // nobody refills its buffers before every thread has scattered them
       }
     });
-    if (a.weight_grad) {
+    if (a.weight_grad && plan.channel_major) {
+      if (!weight_grad_started)  // no pixels: this thread's columns are zeros
+        for (index_t f = 0; f < g.filters; ++f)
+          std::fill(a.weight_grad + f * rows_g + r0, a.weight_grad + f * rows_g + r1, T(0));
+    } else if (a.weight_grad) {
       if (!weight_grad_started)  // a thread without pixels: its part is zeros
         std::memset(own.weight_grad, 0, sizeof(T) * static_cast<size_t>(g.filters * rows_g));
 #pragma omp barrier  // every thread's weight gradient is complete
-      // The threads' parts summed in order, back in the operator's layout (F, C/G, K): a
-      // channel-major call's parts are in it already (one row per filter "transposed").
-      const auto part = [&](int i) -> const T* { return buf.threads[i].weight_grad; };
-      if (plan.channel_major)
-        team_sum<T>(part, team, g.filters * rows_g, a.weight_grad);
-      else
-        team_transpose_sum<T>(part, team, g.filters, g.taps(), g.channels_per_group(),
-                              a.weight_grad);
+      // Back to the operator's layout (F, C/G, K), summing the threads' parts in order.
+      team_transpose_sum<T>([&](int i) -> const T* { return buf.threads[i].weight_grad; }, team,
+                            g.filters, g.taps(), g.channels_per_group(), a.weight_grad);
     }
     if (a.bias_grad) {
 #pragma omp for schedule(static) nowait

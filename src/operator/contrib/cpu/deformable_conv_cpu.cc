@@ -146,12 +146,12 @@ template <typename T, typename Acc>
 struct ThreadBuffers {
   TapSample<Acc>* taps;         //!< (tile pixels, dg, K)
   TapPosition<Acc>* positions;  //!< (tile pixels, dg, K) (backward)
-  T* col;                       //!< (tile pixels, G, K, C/G), or (tile pixels, G, C/G, K) for
-                                //!< the GEMMs of a channel-major call
+  T* col;                       //!< (tile pixels, G, K, C/G); null in a channel-major call,
+                                //!< whose threads take their rows of CpuBuffers::team_col
   T* col_grad;                  //!< the same for its gradient (backward): the buffer of col,
                                 //!< which the weight gradient's GEMM has read by then
   T* pixel_out;                 //!< (tile pixels, F): forward, the GEMM's result; backward,
-                                //!< the output gradient, pixel-major
+                                //!< the output gradient, pixel-major (channel-major: null, as col)
   T* image_grads;               //!< (block images, HW, C): this thread's part (backward with
                                 //!< image copies)
   T* weight_grad;               //!< (G, F/G, K, C/G): this thread's part (backward; none for a
@@ -172,7 +172,7 @@ struct CpuBuffers {
   T* weight;  //!< the permuted weight: forward (G, K, C/G, F/G), backward (G, F/G, K, C/G);
               //!< null for a channel-major call, whose GEMMs read the operator's weight
   T* team_col;  //!< channel-major: the columns (backward: then their gradient) of a team tile,
-                //!< (threads * tile, G, C/G, K), the threads' col one after the other; else null
+                //!< (threads * tile, G, C/G, K); else null
   T* team_out;  //!< channel-major: (threads * tile, F), the forward GEMMs' result, backward the
                 //!< output gradient pixel-major; else null
   std::vector<ThreadBuffers<T, Acc>> threads;
@@ -202,9 +202,11 @@ struct CpuBuffers {
       ThreadBuffers<T, Acc>& own = threads[i];
       own.taps = carver.take<TapSample<Acc>>(samples_n);
       own.positions = backward ? carver.take<TapPosition<Acc>>(samples_n) : nullptr;
-      own.col = team ? team_col + i * col_n : carver.take<T>(col_n);
+      // In team tiles a thread's rows start where its share of each tile does: its buffers
+      // point at them then (see forward_team_tiles), never here.
+      own.col = team ? nullptr : carver.take<T>(col_n);
       own.col_grad = backward ? own.col : nullptr;
-      own.pixel_out = team ? team_out + i * out_n : carver.take<T>(out_n);
+      own.pixel_out = team ? nullptr : carver.take<T>(out_n);
       own.image_grads = backward && plan.image_copies ? carver.take<T>(block_n) : nullptr;
       own.weight_grad = backward && !team ? carver.take<T>(weight_n) : nullptr;
       own.pixel_row = plan.channel_major ? carver.take<T>(col_n / tile) : nullptr;
@@ -879,6 +881,7 @@ void forward_blocks(const DeformConvGeometry& g, const DeformConvForwardArgs<T>&
 #pragma omp barrier  // the images and the weight are ready
       const T* images = kDirect ? a.data + n0 * C * HW : buf.images;
       if (plan.channel_major) {
+        // Called whatever `ok` holds: every thread must reach the barriers inside.
         ok = forward_team_tiles<kDirect, T, Acc>(g, plan, runs, buf, a, images, n0, n1) && ok;
         return;
       }

@@ -186,7 +186,8 @@ struct CpuBuffers {
     const size_t images_n = block_n + static_cast<size_t>(g.channels);
     const size_t weight_n = static_cast<size_t>(g.filters * g.col_rows_per_group());
     const size_t samples_n = static_cast<size_t>(g.deformable_groups * g.taps()) * tile;
-    const size_t col_n = static_cast<size_t>(g.channels * g.taps()) * tile;
+    const size_t row_n = static_cast<size_t>(g.channels * g.taps());  // one pixel's columns
+    const size_t col_n = row_n * tile;
     images = plan.image_copies ? carver.take<T>(images_n) : nullptr;
     if (images)  // the zero pixel: never written again
       std::memset(images + block_n, 0, sizeof(T) * static_cast<size_t>(g.channels));
@@ -203,13 +204,13 @@ struct CpuBuffers {
       own.taps = carver.take<TapSample<Acc>>(samples_n);
       own.positions = backward ? carver.take<TapPosition<Acc>>(samples_n) : nullptr;
       // In team tiles a thread's rows start where its share of each tile does: its buffers
-      // point at them then (see forward_team_tiles), never here.
+      // point at them then (team_share), never here.
       own.col = team ? nullptr : carver.take<T>(col_n);
       own.col_grad = backward ? own.col : nullptr;
       own.pixel_out = team ? nullptr : carver.take<T>(out_n);
       own.image_grads = backward && plan.image_copies ? carver.take<T>(block_n) : nullptr;
       own.weight_grad = backward && !team ? carver.take<T>(weight_n) : nullptr;
-      own.pixel_row = plan.channel_major ? carver.take<T>(col_n / tile) : nullptr;
+      own.pixel_row = plan.channel_major ? carver.take<T>(row_n) : nullptr;
     }
     bytes = carver.bytes_needed();
   }
@@ -822,6 +823,23 @@ void check_gemms(bool ok) {
 
 
 /*!
+ * \brief Thread `thread`'s share (of `threads`) of the pixels of team tile `tile`, and in
+ *        `*share_buffers` its buffers with col (and col_grad, which takes its buffer) and
+ *        pixel_out at its rows of the shared team_col and team_out.
+ */
+template <typename T, typename Acc>
+ThreadTile team_share(const DeformConvGeometry& g, const CpuBuffers<T, Acc>& buf,
+                      const ThreadTile& tile, int thread, int threads,
+                      ThreadBuffers<T, Acc>* share_buffers) {
+  index_t begin, end;
+  share_of(tile.count, thread, threads, &begin, &end);
+  *share_buffers = buf.threads[thread];
+  share_buffers->col = share_buffers->col_grad = buf.team_col + begin * g.channels * g.taps();
+  share_buffers->pixel_out = buf.team_out + begin * g.filters;
+  return ThreadTile{tile.n0, tile.first + begin, end - begin};
+}
+
+/*!
  * \brief Channel-major forward of images [n0, n1) (call from every thread of the region): team
  *        tiles of plan.threads * plan.tile pixels, each sampled by the threads in shares of its
  *        pixels and then multiplied by each thread's share of every group's filters. With few
@@ -835,19 +853,15 @@ bool forward_team_tiles(const DeformConvGeometry& g, const CpuTilePlan& plan,
                         const DeformConvForwardArgs<T>& a, const T* images, index_t n0,
                         index_t n1) {
   const int team = omp_get_num_threads(), me = omp_get_thread_num();
-  const index_t CK = g.channels * g.taps(), pixels = (n1 - n0) * g.out_plane();
-  const index_t team_tile = plan.tile * team;
+  const index_t pixels = (n1 - n0) * g.out_plane(), team_tile = plan.tile * team;
   index_t f0, f1;
   share_of(g.filters_per_group(), me, team, &f0, &f1);
   bool ok = true;
   for (index_t first = 0; first < pixels; first += team_tile) {
     const ThreadTile tile{n0, first, std::min(team_tile, pixels - first)};
-    index_t begin, end;
-    share_of(tile.count, me, team, &begin, &end);
-    if (end > begin) {
-      ThreadBuffers<T, Acc> mine = buf.threads[me];
-      mine.col = buf.team_col + begin * CK;  // this thread's rows of the team tile
-      const ThreadTile part{n0, first + begin, end - begin};
+    ThreadBuffers<T, Acc> mine;
+    const ThreadTile part = team_share(g, buf, tile, me, team, &mine);
+    if (part.count > 0) {
       build_samples<kDirect, T, Acc>(g, plan, a.offset, a.mask, part, mine);
       im2col<kDirect, T, Acc>(g, runs, part, images, mine);
       reorder_pixel_rows(g, part, mine, mine.col, true);
@@ -903,7 +917,7 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
   using Acc = typename AccType<T>::type;
   const CpuBuffers<T, Acc> buf(g, plan, scratch, true);
   const ChannelRuns runs(g);
-  const index_t P = g.out_plane(), C = g.channels, HW = g.in_plane(), CK = C * g.taps();
+  const index_t P = g.out_plane(), C = g.channels, HW = g.in_plane();
   const index_t rows_g = g.col_rows_per_group();
   const bool need_col_grad = a.data_grad || a.offset_grad || a.mask_grad;
   const bool need_images = a.weight_grad || a.offset_grad || a.mask_grad;
@@ -950,17 +964,8 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
       const index_t pixels = (n1 - n0) * P, team_tile = plan.tile * team;
       for (index_t first = 0; first < pixels; first += team_tile) {
         const ThreadTile tile{n0, first, std::min(team_tile, pixels - first)};
-        // Thread i's share of the tile, and its buffers with its rows of the shared ones.
-        auto part_of = [&](int i, ThreadBuffers<T, Acc>* part_buffers) {
-          index_t begin, end;
-          share_of(tile.count, i, team, &begin, &end);
-          *part_buffers = buf.threads[i];
-          part_buffers->col = part_buffers->col_grad = buf.team_col + begin * CK;
-          part_buffers->pixel_out = buf.team_out + begin * g.filters;
-          return ThreadTile{n0, first + begin, end - begin};
-        };
         ThreadBuffers<T, Acc> mine;
-        const ThreadTile part = part_of(me, &mine);
+        const ThreadTile part = team_share(g, buf, tile, me, team, &mine);
         if (part.count > 0) {
           build_samples<kDirect, T, Acc>(g, plan, a.in.offset, a.in.mask, part, mine);
           if (a.weight_grad) {
@@ -990,7 +995,7 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
 #pragma omp barrier  // every share's column gradient is in the sampling loops' order again
             for (int i = 0; i < team; ++i) {
               ThreadBuffers<T, Acc> theirs;
-              const ThreadTile their_part = part_of(i, &theirs);
+              const ThreadTile their_part = team_share(g, buf, tile, i, team, &theirs);
               if (their_part.count > 0)
                 col2im<true, T, Acc>(g, plan, runs, their_part, theirs, data_grad, c_begin,
                                      c_end);

@@ -77,6 +77,26 @@ def test_both_column_orders_match_reference(make_problem, rng, height, width, ke
         np.testing.assert_allclose(grad, expected[name], rtol=rtol, atol=atol, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype, rtol, atol", [("float64", 1e-11, 1e-12), ("float32", 1e-4, 1e-4)])
+@pytest.mark.parametrize("groups, dgroups", [(2, 1), (1, 2)], ids=["g2-dg1", "g1-dg2"])
+def test_channel_sums_of_several_vectors_and_a_remainder(make_problem, rng, groups, dgroups,
+                                                         dtype, rtol, atol):
+    """37 channels in each channel run: the CPU's offset and mask gradients sum them in vector
+    lanes (two or four full vectors, then 5 channels), reduce the lanes of the four corners at
+    once, and scatter the data gradient in the same pass. One deformable group over two groups
+    has two runs to add up; two deformable groups over one group, one each. Every gradient
+    against the reference, with samples on and off the map."""
+    problem = make_problem(batch=2, channels=74, height=6, width=7, num_filter=6,
+                           num_group=groups, num_deformable_group=dgroups)
+    assert_covers_borders(problem)
+    out_grad = rng.uniform(-1, 1, problem.out_shape)
+    _, grads = problem.run_nd(dtype, out_grad=out_grad)
+    expected = problem.reference_grads(out_grad)
+    assert sorted(grads) == sorted(expected)
+    for name, grad in grads.items():
+        np.testing.assert_allclose(grad, expected[name], rtol=rtol, atol=atol, err_msg=name)
+
+
 @pytest.mark.parametrize("height", [5, 12], ids=["copies", "direct"])
 def test_channel_major_calls_in_several_team_tiles(make_problem, rng, height):
     """Channel-major calls whose float64 columns, 1024*9*8 bytes a pixel, fit workspace=1 (MiB)

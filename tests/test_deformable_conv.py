@@ -97,6 +97,31 @@ def test_channel_sums_of_several_vectors_and_a_remainder(make_problem, rng, grou
         np.testing.assert_allclose(grad, expected[name], rtol=rtol, atol=atol, err_msg=name)
 
 
+@pytest.mark.parametrize("height, workspace", [(6, None), (48, 1)], ids=["copies", "direct"])
+def test_float32_position_gradients_of_a_smooth_image_far_from_zero(make_problem, rng, height,
+                                                                      workspace):
+    """Float32 offset and mask gradients where neighbouring pixels differ by 1e-4 of their value
+    (100 +- 0.01, 64 channels, every sample inside the map): the slopes' corner differences are
+    taken channel by channel, so they keep float32's precision (sums of each corner over the
+    channels, blended afterwards, lost 1e-3 of it in cancellation). All inputs are rounded to
+    float32 first, so that the float64 reference measures the computation alone. With image
+    copies, and direct: a 64*48*47*4-byte image fits workspace=1 (MiB) for the forward but not
+    with backward's gradient copies."""
+    problem = make_problem(batch=1, channels=64, height=height, width=height - 1, num_filter=4,
+                           offsets="clustered")
+    problem.arrays["data"] = 100 + 0.01 * rng.uniform(-1, 1, problem.shape)
+    for name, value in problem.arrays.items():
+        problem.arrays[name] = value.astype(np.float32).astype(np.float64)
+    out_grad = rng.uniform(-1, 1, problem.out_shape).astype(np.float32).astype(np.float64)
+    overrides = dict(workspace=workspace) if workspace else {}
+    _, grads = problem.run_nd("float32", out_grad=out_grad, **overrides)
+    expected = problem.reference_grads(out_grad)
+    for name in ("offset", "mask"):
+        scale = np.abs(expected[name]).max()
+        np.testing.assert_allclose(grads[name], expected[name], rtol=0, atol=1e-5 * scale,
+                                   err_msg=name)
+
+
 @pytest.mark.parametrize("height", [5, 12], ids=["copies", "direct"])
 def test_channel_major_calls_in_several_team_tiles(make_problem, rng, height):
     """Channel-major calls whose float64 columns, 1024*9*8 bytes a pixel, fit workspace=1 (MiB)

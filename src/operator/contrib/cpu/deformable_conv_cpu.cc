@@ -116,8 +116,8 @@ inline void sum_lanes4(float (&lanes)[4][kLanes], float (&sums)[4]) {
     if constexpr (kLanes == 16) half = _mm256_add_ps(half, _mm256_loadu_ps(lanes[i] + 8));
     quarter[i] = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
   }
-  // Lane j of row j of the transpose holds lane j of every set: sum_lanes adds lanes 0 and 2,
-  // 1 and 3, then the two.
+  // Row j of the transpose holds lane j of every set (set i in element i): sum_lanes adds
+  // lanes 0 and 2, 1 and 3, then the two.
   _MM_TRANSPOSE4_PS(quarter[0], quarter[1], quarter[2], quarter[3]);
   _mm_storeu_ps(sums, _mm_add_ps(_mm_add_ps(quarter[0], quarter[2]),
                                  _mm_add_ps(quarter[1], quarter[3])));
@@ -147,13 +147,13 @@ struct ThreadTile {
 };
 
 /*!
- * \brief One bilinear sample as im2col and col2im use it: the pixels of its four corners within
+ * \brief One bilinear sample as the sampling loops use it: the pixels of its four corners within
  *        the image of its output pixel, and the corners' weights with the modulation folded in,
  *        so that a column element is four multiply-adds over contiguous channel vectors.
  *
  * A corner off the map has weight 0 * m (NaN for a NaN mask, as the release's m * 0) and pixel
  * `outside_pixel`: with image copies the zero pixel kept after the block's images, so im2col
- * reads it without a test; direct, -1, which the reads test. col2im skips such corners.
+ * reads it without a test; direct, -1, which the reads test. The scatters skip such corners.
  */
 template <typename Acc>
 struct TapSample {
@@ -712,13 +712,15 @@ bool col_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile, index_t 
 }
 
 /*!
- * \brief Offset and mask gradients of the tile's pixels: sums over the channels of each
- *        deformable group of the column gradient times the sample's position derivatives.
- *        kScatter (image copies): in the same pass, the column gradient's scatter into this
- *        thread's pixel-major image gradient `image_grads` (see col2im), whose column gradient
- *        rows are then still in L1 (res_c3: 0.86 the time of the two passes in perf's samples).
+ * \brief What backward takes from the tile's column gradient sample by sample: kPositions, the
+ *        offset and mask gradients, sums over the channels of each deformable group of the
+ *        column gradient times the sample's position derivatives and value; kScatter (image
+ *        copies), the scatter of the column gradient into this thread's pixel-major image
+ *        gradient `image_grads`, in the same pass, while the sample's column gradient is in L1
+ *        (res_c3: 0.86 the time of a second pass, in perf's samples). Direct calls scatter in
+ *        rounds (col2im).
  */
-template <bool kDirect, bool kScatter, typename T, typename Acc>
+template <bool kDirect, bool kPositions, bool kScatter, typename T, typename Acc>
 void sample_grads(const DeformConvGeometry& g, const CpuTilePlan& plan, const ChannelRuns& runs,
                   const ThreadTile& tile, const T* images, const ThreadBuffers<T, Acc>& own,
                   T* offset_grad, T* mask_grad, T* image_grads) {
@@ -735,40 +737,47 @@ void sample_grads(const DeformConvGeometry& g, const CpuTilePlan& plan, const Ch
     for (index_t row = 0; row < rows; ++row) {  // row = dgroup * K + k
       const index_t dgroup = row / K, k = row - dgroup * K;
       const TapSample<Acc> s = own.taps[t * rows + row];
-      const TapPosition<Acc> q = own.positions[t * rows + row];
-      // The value and both slopes are linear in the corners, so the channel sums are taken of
-      // the four corners times the column gradient, and blended once per sample: four
-      // multiply-adds per channel instead of eleven operations (res_c3: 0.71 the time, with
-      // the lanes added up in registers by sum_lanes4; 0.97 with the compiler's scalar sums).
-      // One partial sum per channel lane, added up at the end: a single running sum would keep
-      // the compiler from vectorising over channels.
+      // The value and both slopes are linear in the cell's terms (cell_terms), so the channel
+      // sums are taken of the four terms times the column gradient and blended once per
+      // sample: eight operations per channel instead of eleven. One partial sum per channel
+      // lane, added up at the end (sum_lanes4): a single running sum would keep the compiler
+      // from vectorising over channels.
       Acc lanes[4][kLanes] = {};
-      // A sample off the map has no corner on it, and gradients 0 (not 0 * dcol).
+      // A sample off the map has no corner on it: nothing to scatter, and gradients 0 (not
+      // 0 * dcol).
       const bool on_map = s.pixel[0] != outside || s.pixel[1] != outside ||
                           s.pixel[2] != outside || s.pixel[3] != outside;
       if (on_map)
         for (const ChannelRun* run = runs.first_of(dgroup); run != runs.last_of(dgroup); ++run) {
           const T* __restrict__ dcol = dcol_t + run->col_offset + k * cg - run->c0;
-          auto add = [&](index_t c, int lane) {
-            const Acc d = static_cast<Acc>(dcol[c]);
-            for (int i = 0; i < 4; ++i) lanes[i][lane] += d * corner_at<kDirect>(g, image, s, i, c);
-          };
-          index_t c = run->c0;
-          for (; c + kLanes <= run->c1; c += kLanes)
-            for (int lane = 0; lane < kLanes; ++lane) add(c + lane, lane);
-          for (int lane = 0; c < run->c1; ++c, ++lane) add(c, lane);
+          if (kPositions) {
+            auto add = [&](index_t c, int lane) {
+              const Acc d = static_cast<Acc>(dcol[c]);
+              Acc corners[4], terms[4];
+              for (int i = 0; i < 4; ++i) corners[i] = corner_at<kDirect>(g, image, s, i, c);
+              cell_terms(corners, terms);
+              for (int i = 0; i < 4; ++i) lanes[i][lane] += d * terms[i];
+            };
+            index_t c = run->c0;
+            for (; c + kLanes <= run->c1; c += kLanes)
+              for (int lane = 0; lane < kLanes; ++lane) add(c + lane, lane);
+            for (int lane = 0; c < run->c1; ++c, ++lane) add(c, lane);
+          }
+          // Corner by corner: the corners of a sample are distinct pixels, so each pass is one
+          // plain vector update, and each element gets its terms in (tap, corner) order.
           if (kScatter)
             for (int i = 0; i < 4; ++i) {
               if (s.pixel[i] == outside) continue;
               T* __restrict__ corner = image_grad + s.pixel[i] * C;
-              for (c = run->c0; c < run->c1; ++c)
+              for (index_t c = run->c0; c < run->c1; ++c)
                 corner[c] += static_cast<T>(s.weight[i] * static_cast<Acc>(dcol[c]));
             }
         }
-      Acc corner_sums[4], w[4], value, dv_dy, dv_dx;
-      sum_lanes4(lanes, corner_sums);
-      bilinear_weights(q.ly, q.lx, w);
-      blend_and_slopes(corner_sums, w, q.ly, q.lx, &value, &dv_dy, &dv_dx);
+      if (!kPositions) continue;
+      const TapPosition<Acc> q = own.positions[t * rows + row];
+      Acc term_sums[4], value, dv_dy, dv_dx;
+      sum_lanes4(lanes, term_sums);
+      blend_cell_terms(term_sums, q.ly, q.lx, &value, &dv_dy, &dv_dx);
       if (offset_grad) {
         T* grad_y = offset_grad + (n * g.offset_channels() + dgroup * 2 * K + 2 * k) * P + p;
         grad_y[0] = static_cast<T>(dv_dy * q.m);
@@ -802,8 +811,7 @@ void col2im(const DeformConvGeometry& g, const CpuTilePlan& plan, const ChannelR
       for (index_t k = 0; k < K; ++k) {
         const TapSample<Acc> s = src.taps[t * rows + run.dgroup * K + k];
         const T* __restrict__ dcol = dcol_t + run.col_offset + k * cg - run.c0;
-        // Corner by corner: the corners of a sample are distinct pixels, so each pass is one
-        // plain vector update, and each element still gets its terms in the same order.
+        // Corner by corner, each element's terms in (tap, corner) order, as with image copies.
         for (int i = 0; i < 4; ++i) {
           if (s.pixel[i] == outside) continue;
           T* __restrict__ corner = image_grad + s.pixel[i];
@@ -981,12 +989,18 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
     // and, with image copies, the scatter into this thread's image gradient.
     auto input_grads = [&](const ThreadTile& tile, const ThreadBuffers<T, Acc>& bufs,
                            const T* images) {
-      if (!kDirect && a.data_grad)
-        sample_grads<false, true, T, Acc>(g, plan, runs, tile, images, bufs, a.offset_grad,
-                                          a.mask_grad, own.image_grads);
-      else if (a.offset_grad || a.mask_grad)
-        sample_grads<kDirect, false, T, Acc>(g, plan, runs, tile, images, bufs, a.offset_grad,
-                                             a.mask_grad, nullptr);
+      const bool positions = a.offset_grad || a.mask_grad;
+      auto run = [&](auto with_positions, auto scatter) {
+        sample_grads<kDirect, decltype(with_positions)::value, decltype(scatter)::value, T, Acc>(
+            g, plan, runs, tile, images, bufs, a.offset_grad, a.mask_grad, own.image_grads);
+      };
+      if constexpr (!kDirect) {
+        if (a.data_grad && positions)
+          return run(std::true_type(), std::true_type());
+        if (a.data_grad)  // the images need not even be there (no weight gradient either)
+          return run(std::false_type(), std::true_type());
+      }
+      if (positions) run(std::true_type(), std::false_type());
     };
     // Everything of one of this thread's tiles but a direct call's scatter (tap-major).
     auto tile_grads = [&](const ThreadTile& tile, const T* images) {

@@ -82,8 +82,8 @@ def test_both_column_orders_match_reference(make_problem, rng, height, width, ke
 def test_channel_sums_of_several_vectors_and_a_remainder(make_problem, rng, groups, dgroups,
                                                          dtype, rtol, atol):
     """37 channels in each channel run: the CPU's offset and mask gradients sum them in vector
-    lanes (two or four full vectors, then 5 channels), reduce the lanes of the four corners at
-    once, and scatter the data gradient in the same pass. One deformable group over two groups
+    lanes (two or four full vectors, then 5 channels), reduce the lanes of the cell's four terms
+    at once, and scatter the data gradient in the same pass. One deformable group over two groups
     has two runs to add up; two deformable groups over one group, one each. Every gradient
     against the reference, with samples on and off the map."""
     problem = make_problem(batch=2, channels=74, height=6, width=7, num_filter=6,

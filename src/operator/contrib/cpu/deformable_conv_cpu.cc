@@ -712,21 +712,23 @@ bool col_grad_gemm(const DeformConvGeometry& g, const ThreadTile& tile, index_t 
 }
 
 /*!
- * \brief What backward takes from the tile's column gradient sample by sample: kPositions, the
- *        offset and mask gradients, sums over the channels of each deformable group of the
+ * \brief What backward takes from the tile's column gradient sample by sample: the offset and
+ *        mask gradients that are not null, sums over the channels of each deformable group of the
  *        column gradient times the sample's position derivatives and value; kScatter (image
  *        copies), the scatter of the column gradient into this thread's pixel-major image
  *        gradient `image_grads`, in the same pass, while the sample's column gradient is in L1
  *        (res_c3: 0.86 the time of a second pass, in perf's samples). Direct calls scatter in
  *        rounds (col2im).
  */
-template <bool kDirect, bool kPositions, bool kScatter, typename T, typename Acc>
+template <bool kDirect, bool kScatter, typename T, typename Acc>
 void sample_grads(const DeformConvGeometry& g, const CpuTilePlan& plan, const ChannelRuns& runs,
                   const ThreadTile& tile, const T* images, const ThreadBuffers<T, Acc>& own,
                   T* offset_grad, T* mask_grad, T* image_grads) {
   static_assert(!(kDirect && kScatter), "direct calls scatter in rounds (col2im)");
   const index_t K = g.taps(), C = g.channels, cg = g.channels_per_group(), P = g.out_plane();
   const index_t rows = g.deformable_groups * K;
+  // Without them (scatter only) the images need not even be there: no weight gradient either.
+  const bool positions = offset_grad || mask_grad;
   for (index_t t = 0; t < tile.count; ++t) {
     const index_t f = tile.first + t, image_index = f / P, n = tile.n0 + image_index;
     const index_t p = f - image_index * P;
@@ -750,7 +752,7 @@ void sample_grads(const DeformConvGeometry& g, const CpuTilePlan& plan, const Ch
       if (on_map)
         for (const ChannelRun* run = runs.first_of(dgroup); run != runs.last_of(dgroup); ++run) {
           const T* __restrict__ dcol = dcol_t + run->col_offset + k * cg - run->c0;
-          if (kPositions) {
+          if (positions) {
             auto add = [&](index_t c, int lane) {
               const Acc d = static_cast<Acc>(dcol[c]);
               Acc corners[4], terms[4];
@@ -773,7 +775,7 @@ void sample_grads(const DeformConvGeometry& g, const CpuTilePlan& plan, const Ch
                 corner[c] += static_cast<T>(s.weight[i] * static_cast<Acc>(dcol[c]));
             }
         }
-      if (!kPositions) continue;
+      if (!positions) continue;
       const TapPosition<Acc> q = own.positions[t * rows + row];
       Acc term_sums[4], value, dv_dy, dv_dx;
       sum_lanes4(lanes, term_sums);
@@ -989,18 +991,14 @@ void backward_blocks(const DeformConvGeometry& g, const DeformConvBackwardArgs<T
     // and, with image copies, the scatter into this thread's image gradient.
     auto input_grads = [&](const ThreadTile& tile, const ThreadBuffers<T, Acc>& bufs,
                            const T* images) {
-      const bool positions = a.offset_grad || a.mask_grad;
-      auto run = [&](auto with_positions, auto scatter) {
-        sample_grads<kDirect, decltype(with_positions)::value, decltype(scatter)::value, T, Acc>(
-            g, plan, runs, tile, images, bufs, a.offset_grad, a.mask_grad, own.image_grads);
-      };
       if constexpr (!kDirect) {
-        if (a.data_grad && positions)
-          return run(std::true_type(), std::true_type());
-        if (a.data_grad)  // the images need not even be there (no weight gradient either)
-          return run(std::false_type(), std::true_type());
+        if (a.data_grad)
+          return sample_grads<false, true, T, Acc>(g, plan, runs, tile, images, bufs,
+                                                   a.offset_grad, a.mask_grad, own.image_grads);
       }
-      if (positions) run(std::true_type(), std::false_type());
+      if (a.offset_grad || a.mask_grad)
+        sample_grads<kDirect, false, T, Acc>(g, plan, runs, tile, images, bufs, a.offset_grad,
+                                             a.mask_grad, nullptr);
     };
     // Everything of one of this thread's tiles but a direct call's scatter (tap-major).
     auto tile_grads = [&](const ThreadTile& tile, const T* images) {

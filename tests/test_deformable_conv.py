@@ -490,6 +490,33 @@ def test_grad_req_add_accumulates_across_ops(make_problem, rng):
                                    atol=1e-12, err_msg=req)
 
 
+def test_grad_req_guard_of_an_ndarray_is_a_view():
+    """The guard of an NDArray with an attached gradient shares its memory (no copy forward),
+    and autograd records it: its backward brings the gradient to the array."""
+    from dcnv2_mx import ops
+
+    data = mx.nd.zeros((1, 2, 3, 3))
+    data.attach_grad()
+    with mx.autograd.record():
+        guarded = ops._guard("nd", data, "data_guard", 4)
+        (2 * guarded).backward()
+    data[:] = 5
+    np.testing.assert_array_equal(guarded.asnumpy(), np.full((1, 2, 3, 3), 5.0))
+    np.testing.assert_array_equal(data.grad.asnumpy(), np.full((1, 2, 3, 3), 2.0))
+
+
+def test_sparse_input_with_a_gradient_is_an_mxnet_error(make_problem):
+    """A row-sparse input with an attached gradient is left to MXNet's check for dense inputs
+    (sparse arrays have no view to guard them with)."""
+    problem = make_problem(**CASES["b1-k3x3"])
+    arrays = problem.nd_arrays()
+    arrays["data"] = arrays["data"].tostype("row_sparse")
+    arrays["data"].attach_grad()
+    with pytest.raises(MXNetError, match="not dense"):
+        with mx.autograd.record():
+            mx.nd.contrib.DeformableConvolutionV2(**arrays, **problem.params).wait_to_read()
+
+
 @pytest.mark.parametrize("modulated", [True, False], ids=["v2", "v1"])
 def test_grad_req_symbol_executor(make_problem, rng, modulated):
     problem = make_problem(**dict(CASES["b3-k1x1-dg3-f2"], modulated=modulated))

@@ -8,8 +8,10 @@ functions as ``mx.sym.contrib.<Op>`` and ``mx.nd.contrib.<Op>``.
 Gradient requests: the extension API does not tell a library operator's backward whether a
 gradient is to be written, added or skipped, so a library operator always overwrites. Every input
 that can carry ``grad_req='add'`` — a graph variable, or an NDArray with an attached gradient
-while autograd records — therefore passes through MXNet's ``identity`` first, whose backward
-honours the request. Inputs computed by other operators need no such guard.
+while autograd records — therefore passes through an operator whose backward honours the
+request: ``identity`` in a graph (which copies: MXNet never shares a variable's memory with an
+output), an autograd-recorded view (``reshape`` to its own shape, no copy) of an NDArray. Inputs
+computed by other operators need no such guard.
 """
 import inspect
 
@@ -37,7 +39,8 @@ def _is_variable(sym):
 
 
 def _guard(kind, value, guard_name, ndim):
-    """Routes `value` through identity when its gradient may be requested with grad_req='add'.
+    """Routes `value` through an operator whose backward honours grad_req='add' when its gradient
+    may be requested so: identity for a Symbol variable, a recorded view (Reshape) of an NDArray.
 
     A Symbol variable without a shape also gets its number of dimensions (unknown sizes, -1: a
     0 would be an empty dimension under numpy shape semantics): MXNet 1.9 corrupts memory when
@@ -50,8 +53,11 @@ def _guard(kind, value, guard_name, ndim):
         if value.attr("__shape__") is None:
             value._set_attr(__shape__=str((-1,) * ndim))
         return mx.sym.identity(value, name=guard_name)
-    if autograd.is_recording() and value.grad is not None:
-        return mx.nd.identity(value)
+    if autograd.is_recording() and value.grad is not None and value.stype == "default":
+        # A view that autograd records as Reshape: no copy forward (identity copies), and its
+        # backward, a copy, honours the request as identity's does. Sparse arrays have no view;
+        # MXNet rejects them as the operator's inputs.
+        return value.reshape(value.shape)
     return value
 
 

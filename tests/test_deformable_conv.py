@@ -491,18 +491,39 @@ def test_grad_req_add_accumulates_across_ops(make_problem, rng):
 
 
 def test_grad_req_guard_of_an_ndarray_is_a_view():
-    """The guard of an NDArray with an attached gradient shares its memory (no copy forward),
-    and autograd records it: its backward brings the gradient to the array."""
+    """The guard of an NDArray with an attached gradient is an operator that autograd records
+    (whose backward honours the request), and its output shares the array's memory: no copy
+    forward."""
     from dcnv2_mx import ops
 
     data = mx.nd.zeros((1, 2, 3, 3))
     data.attach_grad()
     with mx.autograd.record():
         guarded = ops._guard("nd", data, "data_guard", 4)
+        nodes = json.loads(mx.autograd.get_symbol(guarded).tojson())["nodes"]
         (2 * guarded).backward()
+    assert nodes[-1]["op"] != "null", "the guard is the array itself, not a recorded operator"
     data[:] = 5
     np.testing.assert_array_equal(guarded.asnumpy(), np.full((1, 2, 3, 3), 5.0))
     np.testing.assert_array_equal(data.grad.asnumpy(), np.full((1, 2, 3, 3), 2.0))
+
+
+def test_input_changed_between_forward_and_backward_is_read_at_backward(make_problem):
+    """As for MXNet's own operators, backward reads an input with an attached gradient as it is
+    then: data zeroed after the forward gives a zero weight gradient, like Convolution's."""
+    problem = make_problem(**CASES["b1-k3x3"])
+    arrays = problem.nd_arrays()
+    for array in arrays.values():
+        array.attach_grad()
+    with mx.autograd.record():
+        out = mx.nd.contrib.DeformableConvolutionV2(**arrays, **problem.params)
+        conv = mx.nd.Convolution(data=arrays["data"], weight=arrays["weight"],
+                                 bias=arrays["bias"], **{k: problem.params[k] for k in
+                                                         ("kernel", "stride", "pad", "dilate",
+                                                          "num_filter")})
+    arrays["data"][:] = 0
+    mx.autograd.backward([out, conv])
+    assert not arrays["weight"].grad.asnumpy().any()
 
 
 def test_sparse_input_with_a_gradient_is_an_mxnet_error(make_problem):
@@ -711,6 +732,21 @@ def test_missing_required_parameter_in_loaded_json(missing):
             del node["attrs"][missing]
     with pytest.raises(MXNetError, match=f"parameter '{missing}' is required"):
         mx.sym.load_json(json.dumps(graph)).infer_shape(data=(1, 4, 5, 5))
+
+
+@pytest.mark.parametrize("workspace", [1024, 1], ids=["image-copies", "direct"])
+@pytest.mark.parametrize("aliased", ["data", "offset"])
+def test_out_sharing_memory_with_an_input_is_a_clear_error(aliased, workspace):
+    """An out= array over an input's memory (here a view of it with the output's shape) is
+    refused: the kernels read inputs while they write the output. workspace=1 (MiB) runs the
+    64 x 80 x 80 call without image copies, which read the data while the output is written."""
+    arrays = {"data": _nd(1, 64, 80, 80), "offset": _nd(1, 18, 80, 80), "mask": _nd(1, 9, 80, 80),
+              "weight": _nd(8, 64, 3, 3)}
+    out = arrays[aliased].reshape((-1,))[:8 * 80 * 80].reshape((1, 8, 80, 80))
+    with pytest.raises(MXNetError, match=f"the output shares memory with input '{aliased}'"):
+        mx.nd.contrib.DeformableConvolutionV2(**arrays, kernel=(3, 3), pad=(1, 1), num_filter=8,
+                                              no_bias=True, workspace=workspace,
+                                              out=out).wait_to_read()
 
 
 @pytest.mark.parametrize("kwargs, message", [

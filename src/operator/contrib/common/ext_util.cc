@@ -2,7 +2,6 @@
 
 #include <cctype>
 #include <climits>
-#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <sstream>
@@ -73,48 +72,14 @@ OpCall op_call(bool backward, const std::vector<mxnet::ext::MXTensor>& inputs,
 
 std::vector<TensorInfo> describe(const std::vector<mxnet::ext::MXTensor>& tensors) {
   std::vector<TensorInfo> infos;
-  for (const mxnet::ext::MXTensor& t : tensors)
-    infos.push_back({t.shape, dtype_name(t.dtype), t.ctx.dev_type, t.ctx.dev_id});
-  return infos;
-}
-
-void check_outputs_apart(const std::vector<std::string>& input_names, bool backward,
-                         const std::vector<mxnet::ext::MXTensor>& inputs,
-                         const std::vector<mxnet::ext::MXTensor>& outputs) {
-  auto input_role = [&](size_t i) {
-    return "input '" + (i < input_names.size() ? input_names[i] : std::to_string(i)) + "'";
-  };
-  // Roles in the order MXNet passes the tensors (see check_call_tensors).
-  auto read_role = [&](size_t i) -> std::string {
-    if (!backward) return input_role(i);
-    if (i == 0) return "the output gradient (head gradient)";
-    return i <= outputs.size() ? input_role(i - 1) : "the output";
-  };
-  auto written_role = [&](size_t i) {
-    return backward ? "the gradient of " + input_role(i) : std::string("the output");
-  };
-  auto bytes = [](const mxnet::ext::MXTensor& t) {
-    size_t n = float_dtype_size(t.dtype);
-    for (const int64_t d : t.shape) n *= static_cast<size_t>(d);
-    return n;
-  };
-  auto overlap = [&](const mxnet::ext::MXTensor& a, const mxnet::ext::MXTensor& b) {
-    const auto a0 = reinterpret_cast<uintptr_t>(a.data_ptr);
-    const auto b0 = reinterpret_cast<uintptr_t>(b.data_ptr);
-    const size_t a_bytes = bytes(a), b_bytes = bytes(b);
-    return a_bytes > 0 && b_bytes > 0 && a0 < b0 + b_bytes && b0 < a0 + a_bytes;
-  };
-  for (size_t o = 0; o < outputs.size(); ++o) {
-    auto fail = [&](const std::string& other) {
-      throw std::invalid_argument(written_role(o) + " shares memory with " + other +
-                                  ": outputs must not overlap the call's other tensors (an out= "
-                                  "array that is also an input?)");
-    };
-    for (size_t i = 0; i < inputs.size(); ++i)
-      if (overlap(outputs[o], inputs[i])) fail(read_role(i));
-    for (size_t other = 0; other < o; ++other)
-      if (overlap(outputs[o], outputs[other])) fail(written_role(other));
+  for (const mxnet::ext::MXTensor& t : tensors) {
+    // Only float dtypes reach a call: type inference refuses the others.
+    size_t bytes = float_dtype_size(t.dtype);
+    for (const int64_t d : t.shape) bytes *= static_cast<size_t>(d);
+    infos.push_back({t.shape, dtype_name(t.dtype), t.ctx.dev_type, t.ctx.dev_id,
+                     reinterpret_cast<uintptr_t>(t.data_ptr), bytes});
   }
+  return infos;
 }
 
 CallHost call_host(const mxnet::ext::OpResource& res, const mxnet::ext::MXTensor& tensor,

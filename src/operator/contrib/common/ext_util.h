@@ -74,27 +74,15 @@ OpCall op_call(bool backward, const std::vector<mxnet::ext::MXTensor>& inputs,
 std::vector<TensorInfo> describe(const std::vector<mxnet::ext::MXTensor>& tensors);
 
 /*!
- * \brief Throws unless every output of a call (forward: the output; backward: the inputs'
- *        gradients) lies apart from every tensor the call reads and from the other outputs. The
- *        kernels read inputs while they write outputs (a tile's output before the next tile's
- *        samples), so an `out=` array that shares memory with an input would give garbage.
- *        Call after the tensors' shapes and dtypes are checked; `input_names` are the forward
- *        inputs'.
- */
-void check_outputs_apart(const std::vector<std::string>& input_names, bool backward,
-                         const std::vector<mxnet::ext::MXTensor>& inputs,
-                         const std::vector<mxnet::ext::MXTensor>& outputs);
-
-/*!
  * \brief Checks every tensor MXNet hands a compute call of parameters `p` on the CPU (or, `gpu`,
  *        the GPU) before run() reads any: their number, and the shape, dtype and device of each,
- *        the head gradient included (Param::check_tensors).
+ *        the head gradient included, and that what the call writes shares no memory with the
+ *        rest (Param::check_tensors).
  */
 template <typename Param>
 void check_call(const Param& p, bool backward, const std::vector<mxnet::ext::MXTensor>& inputs,
                 const std::vector<mxnet::ext::MXTensor>& outputs, bool gpu) {
   p.check_tensors(backward, describe(inputs), describe(outputs), gpu ? "gpu" : "cpu");
-  check_outputs_apart(p.input_names(), backward, inputs, outputs);
 }
 
 /*!

@@ -105,6 +105,24 @@ void check_tensors(const AttrReader& r, const std::string& device_type,
   }
 }
 
+/*!
+ * \brief Throws unless each of tensors[first_written...] (what the call writes) lies apart from
+ *        every tensor before it.
+ */
+void check_written_apart(const AttrReader& r, const std::vector<TensorInfo>& tensors,
+                         const std::vector<TensorSpec>& specs, size_t first_written) {
+  auto overlap = [](const TensorInfo& a, const TensorInfo& b) {
+    return a.bytes > 0 && b.bytes > 0 && a.address < b.address + b.bytes &&
+           b.address < a.address + a.bytes;
+  };
+  for (size_t w = first_written; w < tensors.size(); ++w)
+    for (size_t i = 0; i < w; ++i)
+      if (overlap(tensors[w], tensors[i]))
+        r.fail(specs[w].role + " shares memory with " + specs[i].role +
+               ": outputs must not overlap the call's other tensors (an out= array that is "
+               "also an input?)");
+}
+
 }  // namespace
 
 void check_call_tensors(const AttrReader& r, bool backward, const std::string& device_type,
@@ -126,6 +144,7 @@ void check_call_tensors(const AttrReader& r, bool backward, const std::string& d
       specs.push_back({"the gradient of " + in.role, in.shape,
                        "the input is " + shape_str(in.shape)});
   check_tensors(r, device_type, tensors, specs, backward ? 1 : 0);  // the forward data
+  check_written_apart(r, tensors, specs, inputs.size());
 }
 
 }  // namespace dcnv2_mx

@@ -41,12 +41,14 @@ bool dim_known(unsigned d);
 /*! \brief True if every dimension of a shape of `ndim` dimensions is known. */
 bool shape_known(const Shape& s, size_t ndim);
 
-/*! \brief What a forward or backward call knows of one of its tensors, apart from its memory. */
+/*! \brief What a forward or backward call knows of one of its tensors. */
 struct TensorInfo {
   Shape64 shape;
   std::string dtype;        //!< "float32", ...
   std::string device_type;  //!< "cpu" or "gpu"
   int device_id = 0;
+  uintptr_t address = 0;  //!< where its memory starts on its device
+  size_t bytes = 0;       //!< its memory's size (0: nothing that could overlap)
 };
 
 /*! \brief What a call expects of one tensor: its role in messages, its shape, and the phrase that
@@ -81,7 +83,9 @@ void check_tensor_counts(const AttrReader& r, bool backward, size_t inputs, size
 /*!
  * \brief Checks every tensor of a call against the specs of the forward inputs and output, before
  *        any kernel reads memory: each must be on a `device_type` device, the device of the
- *        (forward) data input, have its dtype, and have exactly its expected shape. A forward
+ *        (forward) data input, have its dtype, and have exactly its expected shape; and what the
+ *        call writes (`outputs`) must not share memory with any other of its tensors, as the
+ *        kernels read the inputs while they write (an `out=` array over an input). A forward
  *        call's tensors are the inputs, then the output; a backward call's are the output
  *        gradient (head gradient), the forward inputs and the forward output, then the gradients
  *        of the forward inputs. Throws (through `r`) naming the first tensor that does not

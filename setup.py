@@ -50,7 +50,8 @@ ONEDNN_REQUIREMENT = ("onednn-cpu-gomp==2023.2.0; "
                       "sys_platform == 'linux' and platform_machine == 'x86_64'")
 
 
-#: What configured a build folder last (cmake, its arguments), written next to CMake's cache.
+#: What configured a build folder last (cmake, its arguments, the compiler asked for in CXX),
+#: written next to CMake's cache.
 CONFIGURATION_FILE = "dcnv2_mx_configuration.json"
 
 
@@ -104,7 +105,8 @@ class CMakeBuild(build_ext):
         if ninja:
             cmake_args += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={os.path.realpath(ninja)}"]
         cmake = shutil.which("cmake") or "cmake"
-        configuration = {"cmake": cmake, "arguments": cmake_args}
+        # CMake reads CXX only when it configures a folder afresh.
+        configuration = {"cmake": cmake, "arguments": cmake_args, "CXX": os.environ.get("CXX")}
         start_afresh_unless_configured(build_dir, configuration)
         subprocess.check_call([cmake, "-S", HERE, "-B", build_dir] + cmake_args)
         with open(os.path.join(build_dir, CONFIGURATION_FILE), "w") as f:

@@ -47,11 +47,18 @@ def functions_using_avx(path):
     """{function: number of AVX/AVX-512 instructions} of a shared library, from objdump -d."""
     listing = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", path],
                              capture_output=True, text=True, check=True).stdout
-    counts, function = {}, None
+    counts, function, owner = {}, None, None
     for line in listing.splitlines():
         label = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
         if label:
-            function = label.group(1)
+            # clang names the functions it makes of OpenMP regions without the function (and so
+            # the build) they come from: .omp_outlined..15 is in every build. The linker keeps
+            # each object file's code together, so such a function is keyed under the named
+            # function before it, which is of its build.
+            if label.group(1).startswith(".") and owner:
+                function = f"{owner} / {label.group(1)}"
+            else:
+                function = owner = label.group(1)
             continue
         instruction = line.split("\t")[-1].split()
         if function is None or len(line.split("\t")) < 2 or not instruction:

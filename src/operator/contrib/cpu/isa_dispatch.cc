@@ -2,6 +2,10 @@
 
 #include <cstdlib>
 
+#if DCNV2_MX_CPU_DISPATCH
+#include <cpuid.h>  // x86 only, as dispatch is
+#endif
+
 namespace dcnv2_mx {
 
 namespace cpu {
@@ -14,14 +18,19 @@ enum class Isa { kX86_64_v2, kX86_64_v3, kX86_64_v4, kSingle };
 #if DCNV2_MX_CPU_DISPATCH
 Isa chosen = Isa::kX86_64_v2;
 
+/*! \brief CPUID's F16C bit: clang 14's __builtin_cpu_supports does not know "f16c". */
+bool has_f16c() {
+  unsigned eax, ebx, ecx, edx;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+}
+
 /*! \brief The widest level this CPU (and its OS, which must save the wider registers) runs. */
 Isa widest_supported() {
   __builtin_cpu_init();
   // The features of each level that compilers use for vector code; every CPU with these has
   // the rest of its level (LZCNT, MOVBE, ...).
   const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                  __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
-                  __builtin_cpu_supports("f16c");
+                  __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") && has_f16c();
   const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
                   __builtin_cpu_supports("avx512vl");

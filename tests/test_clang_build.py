@@ -4,6 +4,7 @@ dispatch's feature test (__builtin_cpu_supports("f16c")) while GCC built everyth
 build is checked here rather than assumed. About 20 s to build on two cores, tests in a separate
 pytest process, as for the OpenBLAS build (test_gemm_fallback.py)."""
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -34,11 +35,14 @@ def clang_library(tmp_path_factory):
     return build_library(tmp_path_factory.mktemp("build-clang"), f"-DCMAKE_CXX_COMPILER={CLANG}")
 
 
-def test_library_is_built_by_clang(clang_library):
+def test_library_is_built_by_clang_in_the_default_configuration(clang_library):
     # The compilers that built its objects (the C runtime's own objects name GCC).
     comment = subprocess.run(["readelf", "-p", ".comment", clang_library],
                              capture_output=True, text=True, check=True).stdout
     assert "clang version" in comment, comment
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        with open(clang_library, "rb") as library:
+            assert b"dnnl_sgemm" in library.read()  # float GEMMs by oneDNN, as in pip's build
 
 
 def test_clang_build_passes_the_convolution_and_cpu_isa_tests(clang_library):

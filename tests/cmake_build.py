@@ -1,6 +1,6 @@
 """Builds variants of the library from source for the tests that need one (the OpenBLAS-only
-build, the build with emulated CUDA), with the CMake and Ninja of PyPI's cmake and ninja
-packages (test requirements)."""
+build, the clang build, the build with emulated CUDA), with the CMake and Ninja of PyPI's cmake
+and ninja packages (test requirements), and runs test files on such a library."""
 import os
 import subprocess
 import sys
@@ -24,3 +24,14 @@ def build_library(build_dir, *options, target="dcnv2_mx"):
         proc = subprocess.run(command, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return os.path.join(str(build_dir), f"lib{target}.so")
+
+
+def assert_tests_pass_with(library, *pytest_args):
+    """Runs pytest with `pytest_args` (test files of tests/ and options) in a separate process
+    that loads `library` (DCNV2_MX_LIBRARY); raises AssertionError with its output unless some
+    tests ran and all passed."""
+    env = dict(os.environ, DCNV2_MX_LIBRARY=library)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *pytest_args], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout

@@ -7,11 +7,10 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from cmake_build import ROOT, build_library
+from cmake_build import ROOT, assert_tests_pass_with, build_library
 
 
 def clang_with_openmp():
@@ -46,11 +45,5 @@ def test_library_is_built_by_clang_in_the_default_configuration(clang_library):
 
 
 def test_clang_build_passes_the_convolution_and_cpu_isa_tests(clang_library):
-    env = dict(os.environ, DCNV2_MX_LIBRARY=clang_library)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         os.path.join(ROOT, "tests", "test_deformable_conv.py"),
-         os.path.join(ROOT, "tests", "test_cpu_isa.py")],
-        capture_output=True, text=True, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout
+    assert_tests_pass_with(clang_library, os.path.join(ROOT, "tests", "test_deformable_conv.py"),
+                           os.path.join(ROOT, "tests", "test_cpu_isa.py"))

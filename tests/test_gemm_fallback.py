@@ -3,12 +3,10 @@ for that one only): CMake with DCNV2_MX_ONEDNN=OFF must build a library whose fl
 OpenBLAS, and that library must pass the float32 convolution tests. The library is built from
 source here (about 20 s on two cores) and loaded in a separate pytest process."""
 import os
-import subprocess
-import sys
 
 import pytest
 
-from cmake_build import ROOT, build_library
+from cmake_build import ROOT, assert_tests_pass_with, build_library
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +23,5 @@ def test_openblas_build_does_not_use_onednn(openblas_library):
 
 
 def test_openblas_build_passes_the_float32_convolution_tests(openblas_library):
-    env = dict(os.environ, DCNV2_MX_LIBRARY=openblas_library)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "float32",
-         os.path.join(ROOT, "tests", "test_deformable_conv.py")],
-        capture_output=True, text=True, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout
+    assert_tests_pass_with(openblas_library, "-k", "float32",
+                           os.path.join(ROOT, "tests", "test_deformable_conv.py"))

@@ -774,6 +774,30 @@ def test_bad_parameter_is_a_clear_error(kwargs, message):
         _call(**kwargs)
 
 
+@pytest.mark.parametrize("pad", ["(1, 1)", "[1, 1]", " ( 1 ,1 ) ", "(1,)", "1", "(1, 1,)", "1L",
+                                 "(1.0, 1)"])
+def test_parameter_spellings_that_mean_the_same_tuple(pad):
+    """Attributes reach the operator as text (a JSON graph holds whatever was written): the
+    spellings Python and MXNet produce for a tuple of integers all read as one."""
+    np.testing.assert_array_equal(_call(pad=pad), _call(pad=(1, 1)))
+
+
+@pytest.mark.parametrize("pad, message", [
+    ("", "expected a tuple of 2 integers"),
+    ("()", "expected a tuple of 2 integers"),
+    ("(1, 1, 1)", "expected a tuple of 2 integers"),
+    ("(1; 1)", "expected a tuple of 2 integers"),
+    ("1x", "expected a tuple of 2 integers"),
+    ("L", "expected a tuple of 2 integers"),
+    ("(1.5, 1)", "expected a tuple of 2 integers"),
+    ("(1, -1)", "must be >= 0, got -1"),
+    ("(1, 99999999999999999999999)", "must be <= 2147483647, got 99999999999999999999999"),
+])
+def test_parameter_text_that_is_no_tuple_of_integers_is_refused(pad, message):
+    with pytest.raises(MXNetError, match=re.escape("parameter 'pad'") + ".*" + re.escape(message)):
+        _call(pad=pad)
+
+
 WRONG_SHAPES = [
     (dict(offset=(1, 16, 5, 5)), r"input 'offset' has shape \(1, 16, 5, 5\)"),
     (dict(offset=(1, 18, 4, 5)), "input 'offset'"),

@@ -7,14 +7,6 @@
 
 namespace dcnv2_mx {
 
-namespace {
-
-void require(const AttrReader& r, bool ok, const std::string& message) {
-  if (!ok) r.fail(message);
-}
-
-}  // namespace
-
 DeformConvParam DeformConvParam::parse(const std::string& op_name, bool modulated,
                                        const AttrMap& attrs) {
   AttrReader r(op_name, attrs);
@@ -45,11 +37,11 @@ DeformConvParam DeformConvParam::parse(const std::string& op_name, bool modulate
   r.boolean("cudnn_off", false);
   r.reject_unknown();
 
-  require(r, p.num_filter % p.num_group == 0,
-          "parameter 'num_filter' (" + std::to_string(p.num_filter) +
-          ") must be divisible by 'num_group' (" + std::to_string(p.num_group) + ")");
-  require(r, layout == "NCHW" || layout == "None" || layout.empty(),
-          "parameter 'layout' = '" + layout + "': only 'NCHW' is supported");
+  if (p.num_filter % p.num_group != 0)
+    r.fail("parameter 'num_filter' (" + std::to_string(p.num_filter) +
+           ") must be divisible by 'num_group' (" + std::to_string(p.num_group) + ")");
+  if (layout != "NCHW" && layout != "None" && !layout.empty())
+    r.fail("parameter 'layout' = '" + layout + "': only 'NCHW' is supported");
   return p;
 }
 
@@ -89,41 +81,41 @@ DeformConvGeometry DeformConvParam::geometry(const std::vector<int64_t>& s) cons
 
 DeformConvGeometry DeformConvParam::checked_geometry(const Shape64& ds) const {
   AttrReader r(op_name);
-  require(r, ds.size() == 4 && ds[0] >= 0,
-          "input 'data' must be 4-D (N, C, H, W), got shape " + shape_str(ds));
+  if (ds.size() != 4 || ds[0] < 0)
+    r.fail("input 'data' must be 4-D (N, C, H, W), got shape " + shape_str(ds));
   // Under numpy shape semantics a 0 is a real size: an empty batch gives an empty output, but a
   // convolution over no channels or an empty plane is refused (as by MXNet's Convolution).
-  require(r, ds[1] > 0 && ds[2] > 0 && ds[3] > 0,
-          "input 'data' has shape " + shape_str(ds) +
-          ": channels, height and width must be >= 1 (only the batch may be empty)");
+  if (ds[1] <= 0 || ds[2] <= 0 || ds[3] <= 0)
+    r.fail("input 'data' has shape " + shape_str(ds) +
+           ": channels, height and width must be >= 1 (only the batch may be empty)");
   // Bilinear corner offsets are 32-bit within one channel plane.
-  require(r, product_at_most({ds[2], ds[3]}, INT_MAX - 1),
-          "input 'data' planes of more than 2^31-1 pixels are not supported, got H x W = " +
-          std::to_string(ds[2]) + " x " + std::to_string(ds[3]));
+  if (!product_at_most({ds[2], ds[3]}, INT_MAX - 1))
+    r.fail("input 'data' planes of more than 2^31-1 pixels are not supported, got H x W = " +
+           std::to_string(ds[2]) + " x " + std::to_string(ds[3]));
   const DeformConvGeometry g = geometry(ds);
-  require(r, g.channels % num_group == 0,
-          "data channels (" + std::to_string(g.channels) + ") must be divisible by 'num_group' (" +
-          std::to_string(num_group) + ")");
-  require(r, g.channels % num_deformable_group == 0,
-          "data channels (" + std::to_string(g.channels) +
-          ") must be divisible by 'num_deformable_group' (" +
-          std::to_string(num_deformable_group) + ")");
-  require(r, g.out_h > 0 && g.out_w > 0,
-          "the output would be empty: input " + std::to_string(g.height) + "x" +
-          std::to_string(g.width) + " is smaller than the dilated kernel after padding");
+  if (g.channels % num_group != 0)
+    r.fail("data channels (" + std::to_string(g.channels) +
+           ") must be divisible by 'num_group' (" + std::to_string(num_group) + ")");
+  if (g.channels % num_deformable_group != 0)
+    r.fail("data channels (" + std::to_string(g.channels) +
+           ") must be divisible by 'num_deformable_group' (" +
+           std::to_string(num_deformable_group) + ")");
+  if (g.out_h <= 0 || g.out_w <= 0)
+    r.fail("the output would be empty: input " + std::to_string(g.height) + "x" +
+           std::to_string(g.width) + " is smaller than the dilated kernel after padding");
   // BLAS takes 32-bit sizes: one output plane and one column-matrix row must fit; shape
   // inference passes 32-bit dimensions.
-  require(r, product_at_most({g.out_h, g.out_w}, INT_MAX - 1),
-          "the output planes would be Ho x Wo = " + std::to_string(g.out_h) + " x " +
-          std::to_string(g.out_w) + " pixels, more than the 2^31-1 supported: check 'pad', "
-          "'stride' and 'dilate'");
-  require(r, product_at_most({g.channels, kernel[0], kernel[1]}, INT_MAX - 1),
-          "C*kh*kw = " + std::to_string(g.channels) + "*" + std::to_string(kernel[0]) + "*" +
-          std::to_string(kernel[1]) + " is more than the 2^31-1 supported");
-  require(r, product_at_most({2, num_deformable_group, kernel[0], kernel[1]}, INT_MAX),
-          "input 'offset' would have 2*num_deformable_group*kh*kw = 2*" +
-          std::to_string(num_deformable_group) + "*" + std::to_string(kernel[0]) + "*" +
-          std::to_string(kernel[1]) + " channels, more than the 2^31-1 supported");
+  if (!product_at_most({g.out_h, g.out_w}, INT_MAX - 1))
+    r.fail("the output planes would be Ho x Wo = " + std::to_string(g.out_h) + " x " +
+           std::to_string(g.out_w) + " pixels, more than the 2^31-1 supported: check 'pad', "
+           "'stride' and 'dilate'");
+  if (!product_at_most({g.channels, kernel[0], kernel[1]}, INT_MAX - 1))
+    r.fail("C*kh*kw = " + std::to_string(g.channels) + "*" + std::to_string(kernel[0]) + "*" +
+           std::to_string(kernel[1]) + " is more than the 2^31-1 supported");
+  if (!product_at_most({2, num_deformable_group, kernel[0], kernel[1]}, INT_MAX))
+    r.fail("input 'offset' would have 2*num_deformable_group*kh*kw = 2*" +
+           std::to_string(num_deformable_group) + "*" + std::to_string(kernel[0]) + "*" +
+           std::to_string(kernel[1]) + " channels, more than the 2^31-1 supported");
   return g;
 }
 
@@ -146,8 +138,7 @@ namespace {
 
 TensorSpec output_spec(const DeformConvGeometry& g) {
   return TensorSpec{"the output", {g.batch, g.filters, g.out_h, g.out_w},
-                    shape_str(Shape64{g.batch, g.filters, g.out_h, g.out_w}) +
-                        " = (N, num_filter, Ho, Wo) was expected"};
+                    "(N, num_filter, Ho, Wo)"};
 }
 
 }  // namespace
@@ -156,15 +147,16 @@ std::vector<unsigned> DeformConvParam::infer_shapes(
     std::vector<std::vector<unsigned>>* in_shapes) const {
   AttrReader r(op_name);
   auto& in = *in_shapes;
-  require(r, static_cast<int>(in.size()) == num_inputs(),
-          "expected " + std::to_string(num_inputs()) + " inputs, got " + std::to_string(in.size()));
+  if (static_cast<int>(in.size()) != num_inputs())
+    r.fail("expected " + std::to_string(num_inputs()) + " inputs, got " +
+           std::to_string(in.size()));
   const auto& ds = in[0];
   // MXNet's extension API would turn shapes left unknown here into scalars, so the data shape
   // must be known: every other shape follows from it.
-  require(r, shape_known(ds, 4),
-          "the shape of input 'data' must be known and 4-D (N, C, H, W) to infer shapes, got " +
-          (ds.empty() ? std::string("unknown") : shape_str(ds)) +
-          "; give it to infer_shape or to the variable (shape=...)");
+  if (!shape_known(ds, 4))
+    r.fail("the shape of input 'data' must be known and 4-D (N, C, H, W) to infer shapes, got " +
+           (ds.empty() ? std::string("unknown") : shape_str(ds)) +
+           "; give it to infer_shape or to the variable (shape=...)");
   const DeformConvGeometry g = checked_geometry({ds[0], ds[1], ds[2], ds[3]});
   const std::vector<TensorSpec> specs = input_specs(g);
   for (size_t i = 1; i < specs.size(); ++i) complete_shape(r, specs[i], &in[i]);

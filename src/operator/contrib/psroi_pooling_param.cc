@@ -9,10 +9,6 @@ namespace dcnv2_mx {
 
 namespace {
 
-void require(const AttrReader& r, bool ok, const std::string& message) {
-  if (!ok) r.fail(message);
-}
-
 /*! \brief "3" for a square size, "(3, 5)" otherwise. */
 std::string size_str(const int (&size)[2]) {
   if (size[0] == size[1]) return std::to_string(size[0]);
@@ -43,39 +39,39 @@ void check_data_shape(const AttrReader& r, const PSROIPoolParam& p, const Shape6
   const int gh = p.group_size[0], gw = p.group_size[1];
   // output_dim*Gh*Gw < 2^94: equal to ds[1] iff at most ds[1] and more than ds[1] - 1.
   const bool fits = product_at_most({p.output_dim, gh, gw}, INT64_MAX);
-  const std::string group_cells =
-      gh == gw ? "output_dim*group_size^2 = " + std::to_string(p.output_dim) + "*" +
-                     std::to_string(gh) + "^2"
-               : "output_dim*group_h*group_w = " + std::to_string(p.output_dim) + "*" +
-                     std::to_string(gh) + "*" + std::to_string(gw);
-  require(r, product_at_most({p.output_dim, gh, gw}, ds[1]) &&
-                 !product_at_most({p.output_dim, gh, gw}, ds[1] - 1),
-          "input 'data' has " + std::to_string(ds[1]) + " channels but " + group_cells +
-              (fits ? " = " + std::to_string(int64_t{p.output_dim} * gh * gw) : std::string()) +
-              " were expected");
+  if (!product_at_most({p.output_dim, gh, gw}, ds[1]) ||
+      product_at_most({p.output_dim, gh, gw}, ds[1] - 1)) {
+    const std::string group_cells =
+        gh == gw ? "output_dim*group_size^2 = " + std::to_string(p.output_dim) + "*" +
+                       std::to_string(gh) + "^2"
+                 : "output_dim*group_h*group_w = " + std::to_string(p.output_dim) + "*" +
+                       std::to_string(gh) + "*" + std::to_string(gw);
+    r.fail("input 'data' has " + std::to_string(ds[1]) + " channels but " + group_cells +
+           (fits ? " = " + std::to_string(int64_t{p.output_dim} * gh * gw) : std::string()) +
+           " were expected");
+  }
   // A 0 is a real size under numpy shape semantics: no images or no RoIs give an empty output,
   // but a bin must have a plane to sample from.
-  require(r, ds[2] > 0 && ds[3] > 0,
-          "input 'data' has shape " + shape_str(ds) + ": height and width must be >= 1");
+  if (ds[2] <= 0 || ds[3] <= 0)
+    r.fail("input 'data' has shape " + shape_str(ds) + ": height and width must be >= 1");
   // Bilinear corner offsets are 32-bit within one channel plane.
-  require(r, product_at_most({ds[2], ds[3]}, INT_MAX - 1),
-          "input 'data' planes of more than 2^31-1 pixels are not supported, got H x W = " +
-              std::to_string(ds[2]) + " x " + std::to_string(ds[3]));
+  if (!product_at_most({ds[2], ds[3]}, INT_MAX - 1))
+    r.fail("input 'data' planes of more than 2^31-1 pixels are not supported, got H x W = " +
+           std::to_string(ds[2]) + " x " + std::to_string(ds[3]));
 }
 
 /*! \brief Checks the number of classes (from input `source`) and the output's size. */
 void check_classes_and_output(const AttrReader& r, const PSROIPoolParam& p, int64_t rois,
                               int64_t classes, const char* source) {
-  require(r, classes != 0,
-          "input '" + std::string(source) + "' has no classes: num_classes must be >= 1");
-  require(r, p.output_dim % classes == 0,
-          "parameter 'output_dim' (" + std::to_string(p.output_dim) +
-              ") must be divisible by the number of classes (" + std::to_string(classes) +
-              ") of input '" + source + "'");
+  if (classes == 0)
+    r.fail("input '" + std::string(source) + "' has no classes: num_classes must be >= 1");
+  if (p.output_dim % classes != 0)
+    r.fail("parameter 'output_dim' (" + std::to_string(p.output_dim) +
+           ") must be divisible by the number of classes (" + std::to_string(classes) +
+           ") of input '" + source + "'");
   // Output elements are indexed in 64 bits.
-  require(r, product_at_most({rois, p.output_dim, p.pooled_size[0], p.pooled_size[1]},
-                             INT64_MAX),
-          "the output (R, output_dim, pooled_h, pooled_w) would have more than 2^63-1 elements");
+  if (!product_at_most({rois, p.output_dim, p.pooled_size[0], p.pooled_size[1]}, INT64_MAX))
+    r.fail("the output (R, output_dim, pooled_h, pooled_w) would have more than 2^63-1 elements");
 }
 
 /*! \brief The geometry of a call on data of shape `ds`, with `rois` RoIs of `classes` classes. */
@@ -103,8 +99,7 @@ PSROIPoolGeometry make_geometry(const PSROIPoolParam& p, const Shape64& ds, int6
 
 TensorSpec output_spec(const PSROIPoolGeometry& g) {
   const Shape64 shape = {g.rois, g.output_dim, g.pooled_h, g.pooled_w};
-  return TensorSpec{"the output", shape,
-                    shape_str(shape) + " = (R, output_dim, pooled_h, pooled_w) was expected"};
+  return TensorSpec{"the output", shape, "(R, output_dim, pooled_h, pooled_w)"};
 }
 
 }  // namespace
@@ -113,9 +108,9 @@ PSROIPoolParam PSROIPoolParam::parse(const AttrMap& attrs) {
   AttrReader r(kOpName, attrs);
   PSROIPoolParam p;
   // AttrReader::real has no "required" flag: a missing scale would read as the fallback.
-  require(r, attrs.count("spatial_scale") != 0,
-          "parameter 'spatial_scale' is required (expected a positive number, e.g. 0.0625 for "
-          "a stride-16 feature map)");
+  if (attrs.count("spatial_scale") == 0)
+    r.fail("parameter 'spatial_scale' is required (expected a positive number, e.g. 0.0625 for "
+           "a stride-16 feature map)");
   p.spatial_scale = r.real("spatial_scale", 0.f);
   const IntRange positive;  // [1, 2^31 - 1]
   p.output_dim = r.integer("output_dim", true, 0, positive);
@@ -130,8 +125,8 @@ PSROIPoolParam PSROIPoolParam::parse(const AttrMap& attrs) {
   p.no_mask = r.boolean("no_mask", false);
   r.reject_unknown();
 
-  require(r, p.spatial_scale > 0, "parameter 'spatial_scale' must be positive, got " +
-          std::to_string(p.spatial_scale));
+  if (!(p.spatial_scale > 0))
+    r.fail("parameter 'spatial_scale' must be positive, got " + std::to_string(p.spatial_scale));
   for (int d = 0; d < 2; ++d)
     if (p.part_size[d] == 0) p.part_size[d] = p.pooled_size[d];
   return p;
@@ -148,36 +143,37 @@ std::vector<unsigned> PSROIPoolParam::infer_shapes(
     std::vector<std::vector<unsigned>>* in_shapes) const {
   AttrReader r(kOpName);
   auto& in = *in_shapes;
-  require(r, static_cast<int>(in.size()) == num_inputs(),
-          "expected " + std::to_string(num_inputs()) + " inputs, got " + std::to_string(in.size()));
+  if (static_cast<int>(in.size()) != num_inputs())
+    r.fail("expected " + std::to_string(num_inputs()) + " inputs, got " +
+           std::to_string(in.size()));
   const auto& ds = in[0];
   // MXNet's extension API would turn shapes left unknown here into scalars, so the data shape
   // must be known.
-  require(r, shape_known(ds, 4),
-          "the shape of input 'data' must be known and 4-D (N, output_dim*group_size^2, H, W) to "
-          "infer shapes, got " + (ds.empty() ? std::string("unknown") : shape_str(ds)) +
-          "; give it to infer_shape or to the variable (shape=...)");
+  if (!shape_known(ds, 4))
+    r.fail("the shape of input 'data' must be known and 4-D (N, output_dim*group_size^2, H, W) to "
+           "infer shapes, got " + (ds.empty() ? std::string("unknown") : shape_str(ds)) +
+           "; give it to infer_shape or to the variable (shape=...)");
   const Shape64 data_shape = {ds[0], ds[1], ds[2], ds[3]};
   check_data_shape(r, *this, data_shape);
 
   unsigned num_rois = known_dim(in, 1, 2, 0);
   if (num_rois == kUnknown) num_rois = known_dim(in, trans_index(), 4, 0);
   if (num_rois == kUnknown) num_rois = known_dim(in, mask_index(), 4, 0);
-  require(r, num_rois != kUnknown,
-          "the number of RoIs is unknown: give the shape of input 'rois' (R, 5)");
+  if (num_rois == kUnknown)
+    r.fail("the number of RoIs is unknown: give the shape of input 'rois' (R, 5)");
 
   unsigned classes = 1;
   if (!no_trans || !no_mask) {
     const unsigned trans_channels = known_dim(in, trans_index(), 4, 1);
-    require(r, trans_channels == kUnknown || trans_channels % 2 == 0,
-            "input 'trans' has " + std::to_string(trans_channels) +
-            " channels but 2*num_classes (an x and a y offset per class) were expected");
+    if (trans_channels != kUnknown && trans_channels % 2 != 0)
+      r.fail("input 'trans' has " + std::to_string(trans_channels) +
+             " channels but 2*num_classes (an x and a y offset per class) were expected");
     classes =
         trans_channels != kUnknown ? trans_channels / 2 : known_dim(in, mask_index(), 4, 1);
-    require(r, classes != kUnknown,
-            "the number of classes is unknown: give the shape of input '" +
-            std::string(no_trans ? "mask" : "trans") + "' (R, " + (no_trans ? "" : "2*") +
-            "num_classes, part_h, part_w)");
+    if (classes == kUnknown)
+      r.fail("the number of classes is unknown: give the shape of input '" +
+             std::string(no_trans ? "mask" : "trans") + "' (R, " + (no_trans ? "" : "2*") +
+             "num_classes, part_h, part_w)");
   }
   check_classes_and_output(r, *this, num_rois, classes, no_trans ? "mask" : "trans");
 
@@ -197,19 +193,19 @@ PSROIPoolGeometry PSROIPoolParam::geometry(const std::vector<Shape64>& input_sha
 PSROIPoolGeometry PSROIPoolParam::checked_geometry(const std::vector<Shape64>& shapes) const {
   AttrReader r(kOpName);
   const Shape64& ds = shapes[0];
-  require(r, ds.size() == 4 && ds[0] >= 0,
-          "input 'data' must be 4-D (N, output_dim*group_size^2, H, W), got shape " +
-              shape_str(ds));
+  if (ds.size() != 4 || ds[0] < 0)
+    r.fail("input 'data' must be 4-D (N, output_dim*group_size^2, H, W), got shape " +
+           shape_str(ds));
   check_data_shape(r, *this, ds);
-  require(r, shapes[1].size() == 2,
-          "input 'rois' must be 2-D (R, 5), got shape " + shape_str(shapes[1]));
+  if (shapes[1].size() != 2)
+    r.fail("input 'rois' must be 2-D (R, 5), got shape " + shape_str(shapes[1]));
   const int classes_from = no_trans ? mask_index() : trans_index();
   if (classes_from >= 0) {
     const Shape64& cs = shapes[classes_from];
-    require(r, cs.size() == 4 && (no_trans || cs[1] % 2 == 0),
-            "input '" + std::string(no_trans ? "mask" : "trans") + "' has shape " +
-                shape_str(cs) + " but (R, " + (no_trans ? "" : "2*") +
-                "num_classes, part_h, part_w) was expected");
+    if (cs.size() != 4 || (!no_trans && cs[1] % 2 != 0))
+      r.fail("input '" + std::string(no_trans ? "mask" : "trans") + "' has shape " +
+             shape_str(cs) + " but (R, " + (no_trans ? "" : "2*") +
+             "num_classes, part_h, part_w) was expected");
   }
   const PSROIPoolGeometry g = geometry(shapes);
   check_classes_and_output(r, *this, g.rois, g.num_classes, no_trans ? "mask" : "trans");

@@ -4,122 +4,129 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
-#include <sstream>
 #include <stdexcept>
 
 namespace dcnv2_mx {
 
+// MXNet has a call's attributes read many times (parsing, shape and type inference, compute,
+// and under autograd each again for the gradient), so reading valid ones allocates next to
+// nothing: text is viewed rather than copied, and messages are built only to be thrown.
+
 namespace {
 
-std::string trim(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return s.substr(b, e - b);
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
 }
 
 /*! \brief Parses an integer; one beyond the range of long long reads as that type's limit. */
-bool parse_int(const std::string& text, long long* value) {
-  const std::string t = trim(text);
-  if (t.empty()) return false;
+bool parse_int(std::string_view text, long long* value) {
+  const std::string digits(trim(text));  // strtoll reads a terminated string
+  if (digits.empty()) return false;
   char* end = nullptr;
-  const long long v = std::strtoll(t.c_str(), &end, 10);  // saturates: out of every range
+  const long long v = std::strtoll(digits.c_str(), &end, 10);  // saturates: out of every range
+  if (end == digits.c_str()) return false;
   // Python may print an integer-valued number as "3L" (old) or "3.0" from float arithmetic.
-  std::string rest = trim(end);
-  if (rest == "L" || rest == ".0") rest.clear();
-  if (!rest.empty()) return false;
+  const std::string_view rest = trim(end);
+  if (!rest.empty() && rest != "L" && rest != ".0") return false;
   *value = v;
   return true;
 }
 
-}  // namespace
-
-const std::string* AttrReader::find(const std::string& key, bool required, const char* expected) {
-  known_.push_back(key);
-  auto it = attrs_.find(key);
-  if (it == attrs_.end()) {
-    if (required) fail("parameter '" + key + "' is required (expected " + expected + ")");
-    return nullptr;
-  }
-  return &it->second;
+std::string expected_ints(size_t arity) {
+  if (arity == 0) return "an integer";
+  return "a tuple of " + std::to_string(arity) + " integers, e.g. (3, 3)";
 }
 
-int AttrReader::parse_in_range(const std::string& key, const std::string& raw,
-                               const std::string& item, const std::string& expected,
-                               IntRange range) const {
+}  // namespace
+
+const std::string* AttrReader::find(const char* key, bool required, size_t arity,
+                                    const char* expected) {
+  known_.push_back(key);
+  for (const auto& kv : attrs_)  // a handful of attributes: a scan needs no key string
+    if (kv.first == key) return &kv.second;
+  if (required)
+    fail("parameter '" + std::string(key) + "' is required (expected " +
+         (expected ? std::string(expected) : expected_ints(arity)) + ")");
+  return nullptr;
+}
+
+int AttrReader::parse_in_range(const char* key, const std::string& raw, std::string_view item,
+                               size_t arity, IntRange range) const {
   long long v = 0;
-  if (!parse_int(item, &v)) fail("parameter '" + key + "' = '" + raw + "': expected " + expected);
+  if (!parse_int(item, &v))
+    fail("parameter '" + std::string(key) + "' = '" + raw + "': expected " + expected_ints(arity));
   if (v < range.min || v > range.max) {
-    std::ostringstream msg;
-    msg << "parameter '" << key << "' must be ";
-    if (v < range.min)
-      msg << ">= " << range.min;
-    else
-      msg << "<= " << range.max;
-    if (range.note) msg << " (" << range.note << ")";
-    msg << ", got " << trim(item);
-    if (v > range.max && range.max == INT_MAX) msg << " (parameters are 32-bit integers)";
-    fail(msg.str());
+    std::string msg = "parameter '" + std::string(key) + "' must be " +
+                      (v < range.min ? ">= " + std::to_string(range.min)
+                                     : "<= " + std::to_string(range.max));
+    if (range.note) msg += std::string(" (") + range.note + ")";
+    msg += ", got " + std::string(trim(item));
+    if (v > range.max && range.max == INT_MAX) msg += " (parameters are 32-bit integers)";
+    fail(msg);
   }
   return static_cast<int>(v);
 }
 
-std::vector<int> AttrReader::int_tuple(const std::string& key, size_t arity, bool required,
+std::vector<int> AttrReader::int_tuple(const char* key, size_t arity, bool required,
                                        std::vector<int> fallback, IntRange range) {
-  std::ostringstream expected;
-  expected << "a tuple of " << arity << " integers, e.g. (3, 3)";
-  const std::string* raw = find(key, required, expected.str().c_str());
+  const std::string* raw = find(key, required, arity, nullptr);
   if (raw == nullptr) return fallback;
-  std::string body = trim(*raw);
-  if (!body.empty() && (body.front() == '(' || body.front() == '[')) body = body.substr(1);
-  if (!body.empty() && (body.back() == ')' || body.back() == ']')) body.pop_back();
+  std::string_view body = trim(*raw);
+  if (!body.empty() && (body.front() == '(' || body.front() == '[')) body.remove_prefix(1);
+  if (!body.empty() && (body.back() == ')' || body.back() == ']')) body.remove_suffix(1);
   std::vector<int> values;
-  std::stringstream ss(body);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (trim(item).empty()) continue;  // "(3,)"
-    values.push_back(parse_in_range(key, *raw, item, expected.str(), range));
+  values.reserve(arity);
+  while (true) {
+    const size_t comma = body.find(',');
+    const std::string_view item = body.substr(0, comma);
+    if (!trim(item).empty())  // "(3,)"
+      values.push_back(parse_in_range(key, *raw, item, arity, range));
+    if (comma == std::string_view::npos) break;
+    body.remove_prefix(comma + 1);
   }
   if (values.size() == 1 && arity > 1) values.assign(arity, values[0]);
   if (values.size() != arity)
-    fail("parameter '" + key + "' = '" + *raw + "': expected " + expected.str());
+    fail("parameter '" + std::string(key) + "' = '" + *raw + "': expected " +
+         expected_ints(arity));
   return values;
 }
 
-int AttrReader::integer(const std::string& key, bool required, int fallback, IntRange range) {
-  const std::string* raw = find(key, required, "an integer");
+int AttrReader::integer(const char* key, bool required, int fallback, IntRange range) {
+  const std::string* raw = find(key, required, 0, nullptr);
   if (raw == nullptr) return fallback;
-  return parse_in_range(key, *raw, *raw, "an integer", range);
+  return parse_in_range(key, *raw, *raw, 0, range);
 }
 
-float AttrReader::real(const std::string& key, float fallback) {
-  const std::string* raw = find(key, false, "a number");
+float AttrReader::real(const char* key, float fallback) {
+  const std::string* raw = find(key, false, 0, "a number");
   if (raw == nullptr) return fallback;
-  const std::string t = trim(*raw);
+  const std::string t(trim(*raw));
   char* end = nullptr;
   const double v = std::strtod(t.c_str(), &end);
   if (t.empty() || !trim(end).empty() || !std::isfinite(v))
-    fail("parameter '" + key + "' = '" + *raw + "': expected a finite number");
+    fail("parameter '" + std::string(key) + "' = '" + *raw + "': expected a finite number");
   return static_cast<float>(v);
 }
 
-bool AttrReader::boolean(const std::string& key, bool fallback) {
-  const std::string* raw = find(key, false, "True or False");
+bool AttrReader::boolean(const char* key, bool fallback) {
+  const std::string* raw = find(key, false, 0, "True or False");
   if (raw == nullptr) return fallback;
-  std::string t = trim(*raw);
+  std::string t(trim(*raw));
   std::transform(t.begin(), t.end(), t.begin(), [](unsigned char c) { return std::tolower(c); });
   if (t == "true" || t == "1") return true;
   if (t == "false" || t == "0") return false;
-  fail("parameter '" + key + "' = '" + *raw + "': expected True or False");
+  fail("parameter '" + std::string(key) + "' = '" + *raw + "': expected True or False");
 }
 
-std::string AttrReader::text(const std::string& key, const std::string& fallback) {
-  const std::string* raw = find(key, false, "a string");
+std::string AttrReader::text(const char* key, const std::string& fallback) {
+  const std::string* raw = find(key, false, 0, "a string");
   if (raw == nullptr) return fallback;
-  std::string t = trim(*raw);
+  std::string_view t = trim(*raw);
   if (t.size() >= 2 && (t.front() == '\'' || t.front() == '"') && t.back() == t.front())
     t = t.substr(1, t.size() - 2);
-  return t;
+  return std::string(t);
 }
 
 void AttrReader::reject_unknown() const {
@@ -128,7 +135,7 @@ void AttrReader::reject_unknown() const {
     if (kv.first.rfind("__", 0) == 0) continue;
     if (std::find(known_.begin(), known_.end(), kv.first) == known_.end()) {
       std::string names;
-      for (const auto& k : known_) names += (names.empty() ? "" : ", ") + k;
+      for (const char* k : known_) names += (names.empty() ? "" : ", ") + std::string(k);
       fail("unknown parameter '" + kv.first + "' (accepted: " + names + ")");
     }
   }

@@ -10,6 +10,7 @@
 
 #include <climits>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -42,13 +43,13 @@ class AttrReader {
    * \brief An integer tuple of exactly `arity` elements (a single integer is repeated), each in
    *        `range`.
    */
-  std::vector<int> int_tuple(const std::string& key, size_t arity, bool required,
+  std::vector<int> int_tuple(const char* key, size_t arity, bool required,
                              std::vector<int> fallback, IntRange range);
   /*! \brief An integer in `range`. */
-  int integer(const std::string& key, bool required, int fallback, IntRange range);
-  float real(const std::string& key, float fallback);
-  bool boolean(const std::string& key, bool fallback);
-  std::string text(const std::string& key, const std::string& fallback);
+  int integer(const char* key, bool required, int fallback, IntRange range);
+  float real(const char* key, float fallback);
+  bool boolean(const char* key, bool fallback);
+  std::string text(const char* key, const std::string& fallback);
 
   /*! \brief Rejects attributes that no reader asked for (catches misspelt parameters). */
   void reject_unknown() const;
@@ -61,14 +62,21 @@ class AttrReader {
     static const AttrMap empty;
     return empty;
   }
-  const std::string* find(const std::string& key, bool required, const char* expected);
-  /*! \brief Parses one integer `item` of parameter `key` (given as `raw`) within `range`. */
-  int parse_in_range(const std::string& key, const std::string& raw, const std::string& item,
-                     const std::string& expected, IntRange range) const;
+  /*!
+   * \brief The value of `key`, or nullptr if it is not given; a missing `required` one fails
+   *        with what was `expected` (nullptr: an integer, or a tuple of `arity` > 0 integers).
+   */
+  const std::string* find(const char* key, bool required, size_t arity, const char* expected);
+  /*!
+   * \brief Parses one integer `item` of parameter `key` (given as `raw`; an element of a tuple
+   *        of `arity` integers, or the integer itself if `arity` is 0) within `range`.
+   */
+  int parse_in_range(const char* key, const std::string& raw, std::string_view item,
+                     size_t arity, IntRange range) const;
 
   std::string op_;
   const AttrMap& attrs_;
-  std::vector<std::string> known_;
+  std::vector<const char*> known_;  //!< the readers' keys: string literals
 };
 
 }  // namespace dcnv2_mx

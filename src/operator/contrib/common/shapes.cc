@@ -1,7 +1,8 @@
 #include "shapes.h"
 
 #include <climits>
-#include <sstream>
+#include <string>
+#include <utility>
 
 namespace dcnv2_mx {
 
@@ -9,17 +10,13 @@ namespace {
 
 template <typename Dims, typename Known>
 std::string dims_str(const Dims& s, Known&& known) {
-  std::ostringstream os;
-  os << "(";
+  std::string text = "(";
   for (size_t i = 0; i < s.size(); ++i) {
-    os << (i ? ", " : "");
-    if (known(s[i]))
-      os << s[i];
-    else
-      os << "?";
+    if (i) text += ", ";
+    text += known(s[i]) ? std::to_string(s[i]) : "?";
   }
-  os << (s.size() == 1 ? ",)" : ")");
-  return os.str();
+  text += s.size() == 1 ? ",)" : ")";
+  return text;
 }
 
 }  // namespace
@@ -53,15 +50,19 @@ void complete_shape(const AttrReader& r, const TensorSpec& spec, Shape* given) {
   bool ok = given->empty() || given->size() == expected.size();
   for (size_t i = 0; ok && i < given->size(); ++i)
     ok = !dim_known((*given)[i]) || (*given)[i] == expected[i];
-  if (!ok) r.fail(spec.role + " has shape " + shape_str(*given) + " but " + spec.expectation);
+  if (!ok) r.fail(spec.role + " has shape " + shape_str(*given) + " but " + spec.expectation());
   *given = expected;
 }
 
 Shape to_shape(const Shape64& shape) { return Shape(shape.begin(), shape.end()); }
 
-TensorSpec input_spec(const std::string& name, const Shape64& shape, const std::string& meaning) {
-  return TensorSpec{"input '" + name + "'", shape, shape_str(shape) + " = " + meaning +
-                                                       " was expected"};
+std::string TensorSpec::expectation() const {
+  if (gradient) return meaning + " is " + shape_str(shape);
+  return shape_str(shape) + " = " + meaning + " was expected";
+}
+
+TensorSpec input_spec(const std::string& name, const Shape64& shape, std::string meaning) {
+  return TensorSpec{"input '" + name + "'", shape, std::move(meaning)};
 }
 
 void check_tensor_counts(const AttrReader& r, bool backward, size_t inputs, size_t outputs,
@@ -101,7 +102,7 @@ void check_tensors(const AttrReader& r, const std::string& device_type,
       r.fail(spec.role + " is " + t.dtype + " but " + ref_role + " is " + ref.dtype +
              ": all tensors of a call must have the same dtype");
     if (t.shape != spec.shape)
-      r.fail(spec.role + " has shape " + shape_str(t.shape) + " but " + spec.expectation);
+      r.fail(spec.role + " has shape " + shape_str(t.shape) + " but " + spec.expectation());
   }
 }
 
@@ -135,14 +136,12 @@ void check_call_tensors(const AttrReader& r, bool backward, const std::string& d
   // An autograd user can hand backward() any array as the head gradient; MXNet checks it
   // against the output for built-in operators only.
   if (backward)
-    specs.push_back({"the output gradient (head gradient)", output_spec.shape,
-                     "the output is " + shape_str(output_spec.shape)});
+    specs.push_back({"the output gradient (head gradient)", output_spec.shape, "the output", true});
   specs.insert(specs.end(), input_specs.begin(), input_specs.end());
   specs.push_back(output_spec);
   if (backward)
     for (const TensorSpec& in : input_specs)
-      specs.push_back({"the gradient of " + in.role, in.shape,
-                       "the input is " + shape_str(in.shape)});
+      specs.push_back({"the gradient of " + in.role, in.shape, "the input", true});
   check_tensors(r, device_type, tensors, specs, backward ? 1 : 0);  // the forward data
   check_written_apart(r, tensors, specs, inputs.size());
 }

@@ -51,16 +51,25 @@ struct TensorInfo {
   size_t bytes = 0;       //!< its memory's size (0: nothing that could overlap)
 };
 
-/*! \brief What a call expects of one tensor: its role in messages, its shape, and the phrase that
- *         says what the shape is when it differs (e.g. "the output is (2, 4, 5, 5)"). */
+/*!
+ * \brief What a call expects of one tensor: its role in messages, its shape, and what that shape
+ *        is, for the message when a tensor's differs (built only then: calls are checked often).
+ */
 struct TensorSpec {
   std::string role;
   Shape64 shape;
-  std::string expectation;
+  /*! \brief The shape's layout, e.g. "(N, C, H, W)"; for a gradient, whose shape is that of the
+   *         tensor it is the gradient of, the name of that tensor: "the output", "the input". */
+  std::string meaning;
+  bool gradient = false;
+
+  /*! \brief "(1, 18, 5, 5) = (N, ...) was expected", or for a gradient "the output is (2, 4, 5,
+   *         5)". */
+  std::string expectation() const;
 };
 
 /*! \brief The spec of input `name`: "input 'offset' ... (1, 18, 5, 5) = `meaning` was expected". */
-TensorSpec input_spec(const std::string& name, const Shape64& shape, const std::string& meaning);
+TensorSpec input_spec(const std::string& name, const Shape64& shape, std::string meaning);
 
 /*! \brief A shape of dimensions that shape inference can pass (each checked to be < 2^31). */
 Shape to_shape(const Shape64& shape);

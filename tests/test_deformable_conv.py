@@ -789,6 +789,7 @@ def test_parameter_spellings_that_mean_the_same_tuple(pad):
     ("(1; 1)", "expected a tuple of 2 integers"),
     ("1x", "expected a tuple of 2 integers"),
     ("L", "expected a tuple of 2 integers"),
+    ("(.0, 1)", "expected a tuple of 2 integers"),
     ("(1.5, 1)", "expected a tuple of 2 integers"),
     ("(1, -1)", "must be >= 0, got -1"),
     ("(1, 99999999999999999999999)", "must be <= 2147483647, got 99999999999999999999999"),

@@ -9,8 +9,9 @@
 namespace dcnv2_mx {
 
 // MXNet has a call's attributes read many times (parsing, shape and type inference, compute,
-// and under autograd each again for the gradient), so reading valid ones allocates next to
-// nothing: text is viewed rather than copied, and messages are built only to be thrown.
+// and under autograd each again for the gradient), so reading valid ones takes no string
+// streams and few copies (text is viewed where it can be, numbers copied to short strings for
+// strtoll), and messages are built only to be thrown.
 
 namespace {
 
@@ -43,6 +44,7 @@ std::string expected_ints(size_t arity) {
 
 const std::string* AttrReader::find(const char* key, bool required, size_t arity,
                                     const char* expected) {
+  if (known_.empty()) known_.reserve(16);  // every parameter of an operator, in one allocation
   known_.push_back(key);
   for (const auto& kv : attrs_)  // a handful of attributes: a scan needs no key string
     if (kv.first == key) return &kv.second;

@@ -39,6 +39,9 @@ class AttrReader {
   /*! \brief A reader of no attributes, for the messages of fail() alone. */
   explicit AttrReader(std::string op_name) : AttrReader(std::move(op_name), no_attrs()) {}
 
+  // Every reader takes the parameter's name as a string literal: the reader keeps the pointer
+  // until reject_unknown().
+
   /*!
    * \brief An integer tuple of exactly `arity` elements (a single integer is repeated), each in
    *        `range`.

@@ -8,8 +8,8 @@
  * infer_type, infer_shape, forward, backward) only the attribute map, so the parsed parameters
  * cannot travel from one to the next. MXNet calls them often: an imperative forward and
  * backward under autograd calls parse_attrs about 50 times (its gradient pass asks for the
- * number of inputs again and again), so reading valid attributes and checking a call allocate
- * next to nothing (attrs.cc) and messages are built only when a check fails. Caching the
+ * number of inputs again and again), so reading attributes and checking a call take no string
+ * streams (attrs.cc) and their messages are built only when a check fails. Caching the
  * parameters keyed by the map would cost about what reading them now costs (comparing the
  * strings) and need a lock. A stateful operator (setCreateOpState) would parse once per state,
  * but MXNet creates the state anew for every imperative call, so it would change how both

@@ -38,9 +38,9 @@ unsigned known_dim(const std::vector<std::vector<unsigned>>& in, int index, size
 void check_data_shape(const AttrReader& r, const PSROIPoolParam& p, const Shape64& ds) {
   const int gh = p.group_size[0], gw = p.group_size[1];
   // output_dim*Gh*Gw < 2^94: equal to ds[1] iff at most ds[1] and more than ds[1] - 1.
-  const bool fits = product_at_most({p.output_dim, gh, gw}, INT64_MAX);
   if (!product_at_most({p.output_dim, gh, gw}, ds[1]) ||
       product_at_most({p.output_dim, gh, gw}, ds[1] - 1)) {
+    const bool fits = product_at_most({p.output_dim, gh, gw}, INT64_MAX);
     const std::string group_cells =
         gh == gw ? "output_dim*group_size^2 = " + std::to_string(p.output_dim) + "*" +
                        std::to_string(gh) + "^2"

@@ -42,15 +42,14 @@ std::string expected_ints(size_t arity) {
 
 }  // namespace
 
-const std::string* AttrReader::find(const char* key, bool required, size_t arity,
-                                    const char* expected) {
+const std::string* AttrReader::find(const char* key, bool required, size_t arity) {
   if (known_.empty()) known_.reserve(16);  // every parameter of an operator, in one allocation
   known_.push_back(key);
   for (const auto& kv : attrs_)  // a handful of attributes: a scan needs no key string
     if (kv.first == key) return &kv.second;
   if (required)
-    fail("parameter '" + std::string(key) + "' is required (expected " +
-         (expected ? std::string(expected) : expected_ints(arity)) + ")");
+    fail("parameter '" + std::string(key) + "' is required (expected " + expected_ints(arity) +
+         ")");
   return nullptr;
 }
 
@@ -73,7 +72,7 @@ int AttrReader::parse_in_range(const char* key, const std::string& raw, std::str
 
 std::vector<int> AttrReader::int_tuple(const char* key, size_t arity, bool required,
                                        std::vector<int> fallback, IntRange range) {
-  const std::string* raw = find(key, required, arity, nullptr);
+  const std::string* raw = find(key, required, arity);
   if (raw == nullptr) return fallback;
   std::string_view body = trim(*raw);
   if (!body.empty() && (body.front() == '(' || body.front() == '[')) body.remove_prefix(1);
@@ -96,13 +95,13 @@ std::vector<int> AttrReader::int_tuple(const char* key, size_t arity, bool requi
 }
 
 int AttrReader::integer(const char* key, bool required, int fallback, IntRange range) {
-  const std::string* raw = find(key, required, 0, nullptr);
+  const std::string* raw = find(key, required, 0);
   if (raw == nullptr) return fallback;
   return parse_in_range(key, *raw, *raw, 0, range);
 }
 
 float AttrReader::real(const char* key, float fallback) {
-  const std::string* raw = find(key, false, 0, "a number");
+  const std::string* raw = find(key, false, 0);
   if (raw == nullptr) return fallback;
   const std::string t(trim(*raw));
   char* end = nullptr;
@@ -113,7 +112,7 @@ float AttrReader::real(const char* key, float fallback) {
 }
 
 bool AttrReader::boolean(const char* key, bool fallback) {
-  const std::string* raw = find(key, false, 0, "True or False");
+  const std::string* raw = find(key, false, 0);
   if (raw == nullptr) return fallback;
   std::string t(trim(*raw));
   std::transform(t.begin(), t.end(), t.begin(), [](unsigned char c) { return std::tolower(c); });
@@ -123,7 +122,7 @@ bool AttrReader::boolean(const char* key, bool fallback) {
 }
 
 std::string AttrReader::text(const char* key, const std::string& fallback) {
-  const std::string* raw = find(key, false, 0, "a string");
+  const std::string* raw = find(key, false, 0);
   if (raw == nullptr) return fallback;
   std::string_view t = trim(*raw);
   if (t.size() >= 2 && (t.front() == '\'' || t.front() == '"') && t.back() == t.front())

@@ -66,10 +66,10 @@ class AttrReader {
     return empty;
   }
   /*!
-   * \brief The value of `key`, or nullptr if it is not given; a missing `required` one fails
-   *        with what was `expected` (nullptr: an integer, or a tuple of `arity` > 0 integers).
+   * \brief The value of `key`, or nullptr if it is not given; a missing `required` one (only
+   *        integers are required) fails naming an integer, or a tuple of `arity` > 0 of them.
    */
-  const std::string* find(const char* key, bool required, size_t arity, const char* expected);
+  const std::string* find(const char* key, bool required, size_t arity);
   /*!
    * \brief Parses one integer `item` of parameter `key` (given as `raw`; an element of a tuple
    *        of `arity` integers, or the integer itself if `arity` is 0) within `range`.
